@@ -1,0 +1,617 @@
+/*
+ * cosim TCG plugin: exact per-vCPU instruction counts and per-turn traces,
+ * handed to the cosim bridge at the end of quantum turns.
+ *
+ * Needs the patched QEMU of qemu_patches/ (plugin API 5): it runs under
+ * -accel tcg,thread=single,quantum=Q and uses the vCPU turn events, the
+ * per-turn budget and the end-of-round pause request.
+ *
+ * Arguments: socket=PATH (the bridge listens there), mode=fast|trace,
+ * shm=PATH and shm_records=N (trace mode: a file the bridge created and
+ * maps too; records of a turn are written there, not sent on the socket).
+ *
+ * Wire format on the socket: frames of a 4-byte little-endian length and a
+ * msgpack map. The plugin sends "hello" at load, "ready" when it needs a
+ * command (first turn, after a pause), "report" after the turns a command
+ * asked for, "chunk" when the trace buffer fills mid-turn, "exit" when QEMU
+ * exits. The bridge answers "ready"/"report" with a command:
+ *   {"c": "rr", "turns": K}     K turns round-robin with the quantum budget
+ *   {"c": "step", "vcpu": v, "n": n}  skip to vCPU v, run it for n insns
+ *   {"c": "pause"}              skip the rest of the round; VM stops
+ *   {"c": "detach"}             stop reporting; the bridge is shutting down
+ * and "chunk" with {"c": "ack"}. In trace mode every turn is reported (the
+ * buffer is reused by the next turn), so "rr" runs one turn there.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <msgpack.h>
+#include <qemu-plugin.h>
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
+
+#define LINE_BYTES 64
+#define MAX_FRAME (1u << 20)
+
+/* One trace record; layout mirrored by cosim/trace.py (RECORD_DTYPE). */
+typedef struct {
+    uint64_t addr;      /* guest physical (or virtual, see REC_VIRT) */
+    uint32_t idx;       /* instruction index within the turn */
+    uint8_t kind;       /* REC_IFETCH, REC_LOAD, REC_STORE */
+    uint8_t size;       /* bytes; LINE_BYTES for instruction fetch */
+    uint8_t flags;      /* REC_IO, REC_VIRT */
+    uint8_t pad;
+} TraceRec;
+_Static_assert(sizeof(TraceRec) == 16, "trace record is 16 bytes");
+
+enum { REC_IFETCH = 0, REC_LOAD = 1, REC_STORE = 2 };
+enum { REC_IO = 1, REC_VIRT = 2 };
+
+typedef enum { MODE_FAST, MODE_TRACE } Mode;
+typedef enum {
+    CMD_NONE,       /* need a command before the next turn */
+    CMD_RR,
+    CMD_STEP,
+    CMD_PAUSE,
+    CMD_DETACHED,
+} Cmd;
+
+static struct {
+    int fd;
+    Mode mode;
+    unsigned int nvcpus;
+    uint64_t quantum;
+
+    TraceRec *recs;
+    size_t rec_cap;
+    size_t nrec;
+
+    struct qemu_plugin_scoreboard *sb;
+    qemu_plugin_u64 count;      /* instructions per vCPU (inline add) */
+    uint64_t *turn_base;        /* count at the start of the vCPU's turn */
+    int cur_vcpu;               /* vCPU in a turn, -1 between turns */
+
+    /* deltas since the last report */
+    uint64_t *d_insns, *d_turns, *d_halted;
+    uint64_t d_short, d_mismatch, d_nturns;
+
+    Cmd cmd;
+    uint64_t rr_left;
+    unsigned int step_vcpu;
+    uint64_t step_n;
+} S = { .fd = -1, .cur_vcpu = -1 };
+
+static void die(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
+/* Fatal protocol or I/O errors: the bridge is gone or confused. */
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("cosim plugin: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    S.cmd = CMD_DETACHED;
+    _exit(3);
+}
+
+static void write_all(const void *buf, size_t len)
+{
+    const char *p = buf;
+
+    while (len) {
+        ssize_t n = send(S.fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            die("lost the bridge while sending (%s)", strerror(errno));
+        }
+        p += n;
+        len -= n;
+    }
+}
+
+static void read_all(void *buf, size_t len)
+{
+    char *p = buf;
+
+    while (len) {
+        ssize_t n = recv(S.fd, p, len, 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            die("lost the bridge while waiting for a command (%s)",
+                n == 0 ? "connection closed" : strerror(errno));
+        }
+        p += n;
+        len -= n;
+    }
+}
+
+static void send_frame(msgpack_sbuffer *sb)
+{
+    uint32_t len = GUINT32_TO_LE((uint32_t)sb->size);
+
+    write_all(&len, sizeof(len));
+    write_all(sb->data, sb->size);
+}
+
+static void pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+static void pack_u64_array(msgpack_packer *pk, const uint64_t *v)
+{
+    msgpack_pack_array(pk, S.nvcpus);
+    for (unsigned int i = 0; i < S.nvcpus; i++) {
+        msgpack_pack_uint64(pk, v[i]);
+    }
+}
+
+/*
+ * A report carries the deltas since the previous one and the last turn.
+ * @type: "report" or "exit"; @vcpu < 0 when there is no last turn.
+ */
+static void send_report(const char *type, int vcpu,
+                        const qemu_plugin_turn_info *info, uint64_t counted)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, info ? 14 : 10);
+    pack_str(&pk, "t");
+    pack_str(&pk, type);
+    pack_str(&pk, "vcpu");
+    msgpack_pack_int(&pk, vcpu);
+    pack_str(&pk, "counted");
+    msgpack_pack_uint64(&pk, counted);
+    pack_str(&pk, "nrec");
+    msgpack_pack_uint64(&pk, S.nrec);
+    pack_str(&pk, "turns");
+    msgpack_pack_uint64(&pk, S.d_nturns);
+    pack_str(&pk, "d_insns");
+    pack_u64_array(&pk, S.d_insns);
+    pack_str(&pk, "d_turns");
+    pack_u64_array(&pk, S.d_turns);
+    pack_str(&pk, "d_halted");
+    pack_u64_array(&pk, S.d_halted);
+    pack_str(&pk, "short");
+    msgpack_pack_uint64(&pk, S.d_short);
+    pack_str(&pk, "mismatch");
+    msgpack_pack_uint64(&pk, S.d_mismatch);
+    if (info) {
+        pack_str(&pk, "budget");
+        msgpack_pack_uint64(&pk, info->budget);
+        pack_str(&pk, "executed");
+        msgpack_pack_uint64(&pk, info->executed);
+        pack_str(&pk, "halted");
+        if (info->halted) {
+            msgpack_pack_true(&pk);
+        } else {
+            msgpack_pack_false(&pk);
+        }
+        pack_str(&pk, "icount");
+        msgpack_pack_uint64(&pk, info->icount);
+    }
+    send_frame(&sb);
+    msgpack_sbuffer_destroy(&sb);
+
+    memset(S.d_insns, 0, S.nvcpus * sizeof(uint64_t));
+    memset(S.d_turns, 0, S.nvcpus * sizeof(uint64_t));
+    memset(S.d_halted, 0, S.nvcpus * sizeof(uint64_t));
+    S.d_short = S.d_mismatch = S.d_nturns = 0;
+    S.nrec = 0;
+}
+
+static void send_simple(const char *type)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    pack_str(&pk, "t");
+    pack_str(&pk, type);
+    pack_str(&pk, "nrec");
+    msgpack_pack_uint64(&pk, S.nrec);
+    send_frame(&sb);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+static const msgpack_object *map_get(const msgpack_object *map,
+                                     const char *key)
+{
+    size_t klen = strlen(key);
+
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR &&
+            kv->key.via.str.size == klen &&
+            memcmp(kv->key.via.str.ptr, key, klen) == 0) {
+            return &kv->val;
+        }
+    }
+    return NULL;
+}
+
+static uint64_t map_u64(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *v = map_get(map, key);
+
+    if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        die("command lacks a non-negative integer \"%s\"", key);
+    }
+    return v->via.u64;
+}
+
+/* Block until the bridge sends a command, and adopt it. */
+static void wait_command(void)
+{
+    uint32_t len;
+    char *buf;
+    msgpack_unpacked msg;
+    const msgpack_object *c;
+    char name[16];
+
+    read_all(&len, sizeof(len));
+    len = GUINT32_FROM_LE(len);
+    if (len == 0 || len > MAX_FRAME) {
+        die("bad frame length %u", len);
+    }
+    buf = g_malloc(len);
+    read_all(buf, len);
+    msgpack_unpacked_init(&msg);
+    if (msgpack_unpack_next(&msg, buf, len, NULL) != MSGPACK_UNPACK_SUCCESS ||
+        msg.data.type != MSGPACK_OBJECT_MAP) {
+        die("command is not a msgpack map");
+    }
+    c = map_get(&msg.data, "c");
+    if (!c || c->type != MSGPACK_OBJECT_STR || c->via.str.size >= sizeof(name)) {
+        die("command lacks \"c\"");
+    }
+    memcpy(name, c->via.str.ptr, c->via.str.size);
+    name[c->via.str.size] = '\0';
+
+    if (strcmp(name, "rr") == 0) {
+        S.cmd = CMD_RR;
+        S.rr_left = S.mode == MODE_TRACE ? 1 : map_u64(&msg.data, "turns");
+        if (S.rr_left == 0) {
+            die("rr needs turns > 0");
+        }
+    } else if (strcmp(name, "step") == 0) {
+        S.cmd = CMD_STEP;
+        S.step_vcpu = map_u64(&msg.data, "vcpu");
+        S.step_n = map_u64(&msg.data, "n");
+        if (S.step_vcpu >= S.nvcpus || S.step_n == 0) {
+            die("step needs vcpu < %u and n > 0", S.nvcpus);
+        }
+    } else if (strcmp(name, "pause") == 0) {
+        S.cmd = CMD_PAUSE;
+        qemu_plugin_request_pause();
+    } else if (strcmp(name, "detach") == 0) {
+        S.cmd = CMD_DETACHED;
+    } else if (strcmp(name, "ack") != 0) {
+        die("unknown command \"%s\"", name);
+    }
+    msgpack_unpacked_destroy(&msg);
+    g_free(buf);
+}
+
+static void vcpu_turn_start(qemu_plugin_id_t id, unsigned int vcpu)
+{
+    if (S.cmd == CMD_PAUSE && vcpu == 0) {
+        /* the round gate has paused and resumed the VM */
+        S.cmd = CMD_NONE;
+    }
+    if (S.cmd == CMD_NONE) {
+        send_simple("ready");
+        wait_command();
+    }
+    switch (S.cmd) {
+    case CMD_STEP:
+        qemu_plugin_set_vcpu_budget(vcpu, vcpu == S.step_vcpu ? S.step_n : 0);
+        break;
+    case CMD_PAUSE:
+        qemu_plugin_set_vcpu_budget(vcpu, 0);
+        break;
+    default:
+        break;
+    }
+    S.turn_base[vcpu] = qemu_plugin_u64_get(S.count, vcpu);
+    S.cur_vcpu = vcpu;
+}
+
+static void vcpu_turn_end(qemu_plugin_id_t id, unsigned int vcpu,
+                          const qemu_plugin_turn_info *info)
+{
+    uint64_t counted = qemu_plugin_u64_get(S.count, vcpu) - S.turn_base[vcpu];
+    bool report;
+
+    S.cur_vcpu = -1;
+    if (S.cmd == CMD_DETACHED) {
+        return;
+    }
+    S.d_insns[vcpu] += info->executed;
+    S.d_turns[vcpu]++;
+    S.d_halted[vcpu] += info->halted;
+    S.d_short += !info->halted && info->executed != info->budget;
+    S.d_mismatch += counted != info->executed;
+    S.d_nturns++;
+
+    switch (S.cmd) {
+    case CMD_RR:
+        report = --S.rr_left == 0;
+        break;
+    case CMD_STEP:
+        report = true;
+        break;
+    default:
+        report = false;
+        break;
+    }
+    if (report) {
+        send_report("report", vcpu, info, counted);
+        wait_command();
+    }
+}
+
+static inline TraceRec *next_rec(void)
+{
+    if (S.nrec == S.rec_cap) {
+        send_simple("chunk");
+        wait_command();
+        S.nrec = 0;
+    }
+    return &S.recs[S.nrec++];
+}
+
+static inline uint32_t turn_index(unsigned int vcpu)
+{
+    /* the inline add of the current instruction has already run */
+    return qemu_plugin_u64_get(S.count, vcpu) - S.turn_base[vcpu] - 1;
+}
+
+static void vcpu_ifetch(unsigned int vcpu, void *udata)
+{
+    TraceRec *r;
+
+    if (S.cur_vcpu < 0) {
+        return;
+    }
+    r = next_rec();
+    r->addr = (uintptr_t)udata;
+    r->idx = turn_index(vcpu);
+    r->kind = REC_IFETCH;
+    r->size = LINE_BYTES;
+    r->flags = REC_VIRT;
+    r->pad = 0;
+}
+
+static void vcpu_mem(unsigned int vcpu, qemu_plugin_meminfo_t info,
+                     uint64_t vaddr, void *udata)
+{
+    struct qemu_plugin_hwaddr *hw;
+    TraceRec *r;
+
+    if (S.cur_vcpu < 0) {
+        return;
+    }
+    hw = qemu_plugin_get_hwaddr(info, vaddr);
+    r = next_rec();
+    r->idx = turn_index(vcpu);
+    r->kind = qemu_plugin_mem_is_store(info) ? REC_STORE : REC_LOAD;
+    r->size = 1u << qemu_plugin_mem_size_shift(info);
+    r->pad = 0;
+    if (hw) {
+        r->addr = qemu_plugin_hwaddr_phys_addr(hw);
+        r->flags = qemu_plugin_hwaddr_is_io(hw) ? REC_IO : 0;
+    } else {
+        r->addr = vaddr;
+        r->flags = REC_VIRT;
+    }
+}
+
+static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    uint64_t prev_line = UINT64_MAX;
+
+    for (size_t i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        uint64_t line;
+
+        qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
+            insn, QEMU_PLUGIN_INLINE_ADD_U64, S.count, 1);
+        if (S.mode != MODE_TRACE) {
+            continue;
+        }
+        line = qemu_plugin_insn_vaddr(insn) & ~(uint64_t)(LINE_BYTES - 1);
+        if (line != prev_line) {
+            qemu_plugin_register_vcpu_insn_exec_cb(
+                insn, vcpu_ifetch, QEMU_PLUGIN_CB_NO_REGS,
+                (void *)(uintptr_t)line);
+            prev_line = line;
+        }
+        qemu_plugin_register_vcpu_mem_cb(insn, vcpu_mem, QEMU_PLUGIN_CB_NO_REGS,
+                                         QEMU_PLUGIN_MEM_RW, NULL);
+    }
+}
+
+/* QEMU is exiting (the guest wrote the test device, or a fatal error). */
+static void plugin_exit(qemu_plugin_id_t id, void *udata)
+{
+    int v = S.cur_vcpu;
+    uint64_t counted = 0;
+
+    if (S.cmd == CMD_DETACHED || S.fd < 0) {
+        return;
+    }
+    if (v >= 0) {
+        counted = qemu_plugin_u64_get(S.count, v) - S.turn_base[v];
+    }
+    send_report("exit", v, NULL, counted);
+    S.cmd = CMD_DETACHED;
+}
+
+static int connect_bridge(const char *path)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        fprintf(stderr, "cosim plugin: socket path too long: %s\n", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        fprintf(stderr, "cosim plugin: cannot connect to %s: %s\n", path,
+                strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        return -1;
+    }
+    return fd;
+}
+
+static int map_trace_buffer(const char *path, size_t records)
+{
+    size_t bytes = records * sizeof(TraceRec);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    void *p;
+
+    if (fd < 0) {
+        fprintf(stderr, "cosim plugin: cannot open %s: %s\n", path,
+                strerror(errno));
+        return -1;
+    }
+    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) {
+        fprintf(stderr, "cosim plugin: cannot map %s: %s\n", path,
+                strerror(errno));
+        return -1;
+    }
+    S.recs = p;
+    S.rec_cap = records;
+    return 0;
+}
+
+static void send_hello(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 5);
+    pack_str(&pk, "t");
+    pack_str(&pk, "hello");
+    pack_str(&pk, "vcpus");
+    msgpack_pack_uint32(&pk, S.nvcpus);
+    pack_str(&pk, "quantum");
+    msgpack_pack_uint64(&pk, S.quantum);
+    pack_str(&pk, "mode");
+    pack_str(&pk, S.mode == MODE_TRACE ? "trace" : "fast");
+    pack_str(&pk, "api");
+    msgpack_pack_int(&pk, QEMU_PLUGIN_VERSION);
+    send_frame(&sb);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
+                                           const qemu_info_t *info,
+                                           int argc, char **argv)
+{
+    const char *sock = NULL, *shm = NULL;
+    size_t shm_records = 0;
+
+    S.mode = MODE_FAST;
+    for (int i = 0; i < argc; i++) {
+        g_auto(GStrv) kv = g_strsplit(argv[i], "=", 2);
+        if (!kv[1]) {
+            fprintf(stderr, "cosim plugin: argument %s is not key=value\n",
+                    argv[i]);
+            return -1;
+        }
+        if (g_strcmp0(kv[0], "socket") == 0) {
+            sock = argv[i] + strlen("socket=");
+        } else if (g_strcmp0(kv[0], "shm") == 0) {
+            shm = argv[i] + strlen("shm=");
+        } else if (g_strcmp0(kv[0], "shm_records") == 0) {
+            shm_records = g_ascii_strtoull(kv[1], NULL, 10);
+        } else if (g_strcmp0(kv[0], "mode") == 0 &&
+                   (g_strcmp0(kv[1], "fast") == 0 ||
+                    g_strcmp0(kv[1], "trace") == 0)) {
+            S.mode = g_strcmp0(kv[1], "trace") == 0 ? MODE_TRACE : MODE_FAST;
+        } else {
+            fprintf(stderr, "cosim plugin: unknown argument %s (accepted: "
+                    "socket=PATH, mode=fast|trace, shm=PATH, "
+                    "shm_records=N)\n", argv[i]);
+            return -1;
+        }
+    }
+    if (!info->system_emulation) {
+        fprintf(stderr, "cosim plugin: needs system emulation\n");
+        return -1;
+    }
+    S.quantum = qemu_plugin_quantum();
+    if (!S.quantum) {
+        fprintf(stderr, "cosim plugin: needs -accel tcg,quantum=Q\n");
+        return -1;
+    }
+    if (!sock) {
+        fprintf(stderr, "cosim plugin: needs socket=PATH\n");
+        return -1;
+    }
+    if (S.mode == MODE_TRACE &&
+        (!shm || shm_records == 0 || map_trace_buffer(shm, shm_records))) {
+        fprintf(stderr, "cosim plugin: trace mode needs shm=PATH and "
+                "shm_records=N > 0\n");
+        return -1;
+    }
+    S.nvcpus = info->system.max_vcpus;
+    S.turn_base = g_new0(uint64_t, S.nvcpus);
+    S.d_insns = g_new0(uint64_t, S.nvcpus);
+    S.d_turns = g_new0(uint64_t, S.nvcpus);
+    S.d_halted = g_new0(uint64_t, S.nvcpus);
+    S.sb = qemu_plugin_scoreboard_new(sizeof(uint64_t));
+    S.count = qemu_plugin_scoreboard_u64(S.sb);
+    S.fd = connect_bridge(sock);
+    if (S.fd < 0) {
+        return -1;
+    }
+    S.cmd = CMD_NONE;
+    send_hello();
+
+    qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
+    qemu_plugin_register_vcpu_turn_start_cb(id, vcpu_turn_start);
+    qemu_plugin_register_vcpu_turn_end_cb(id, vcpu_turn_end);
+    qemu_plugin_register_atexit_cb(id, plugin_exit, NULL);
+    return 0;
+}
