@@ -1,0 +1,499 @@
+"""The bridge between cosim and the patched QEMU: launch, step, observe, stop.
+
+QEMU runs with the determinism recipe of DESIGN.md (quantum turns, fixed
+icount, no host clock, no network) and loads the cosim plugin, which blocks
+on this bridge at turn ends. The bridge owns everything the guest talks to:
+the plugin socket, the trace buffer, the QMP socket and the console file,
+all in a private run directory, so a run leaves nothing behind and never
+an orphan QEMU (QEMU gets SIGKILL through PR_SET_PDEATHSIG if this process
+dies, and ``close()`` kills it if it does not quit).
+
+Data plane: msgpack frames on a unix socket (commands and turn summaries)
+plus a shared-memory file holding the current turn's trace records.
+Control plane: QMP via the ``qemu.qmp`` library (pause, resume, HMP
+commands, register and memory reads).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+import msgpack
+import numpy as np
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from . import paths
+from .errors import CosimError
+from .trace import RECORD_DTYPE, RunDigest
+
+_LEN = struct.Struct("<I")
+_PR_SET_PDEATHSIG = 1
+STDERR_TAIL_LINES = 3
+
+
+@dataclass
+class Turn:
+    """The last turn of a report, as QEMU and the plugin saw it."""
+
+    vcpu: int
+    budget: int
+    executed: int       # instructions, from QEMU's icount accounting
+    halted: bool        # ended early because the vCPU halted (WFI)
+    counted: int        # instructions, from the plugin's inline counter
+    icount: int         # QEMU icount of all vCPUs after the turn
+
+
+@dataclass
+class Report:
+    """What one command did: per-vCPU deltas and, if any, the last turn.
+
+    ``trace`` holds the records of the last turn in trace mode. It may be a
+    view of the shared buffer: valid until the next command, copy it to
+    keep it.
+    """
+
+    turns: int
+    insns: list[int]
+    turn_counts: list[int]
+    halted_turns: list[int]
+    short_turns: int            # turns that ended early without a halt
+    count_mismatches: int       # turns where plugin and icount disagree
+    last: Turn | None
+    exited: bool = False        # the guest ended QEMU during this command
+    partial_vcpu: int = -1      # on exit: vCPU interrupted mid-turn
+    partial_insns: int = 0      # ... and the instructions it ran
+    trace: np.ndarray | None = None
+
+
+@dataclass
+class QemuConfig:
+    """How to launch QEMU for a bare-metal riscv64 guest."""
+
+    kernel: Path
+    smp: int = 4
+    quantum: int = 1000
+    mode: str = "fast"
+    memory: str = "512M"
+    icount_shift: int = 0
+    seed: int = 1
+    shm_records: int = 1 << 20
+    extra_args: list[str] = field(default_factory=list)
+
+
+def qemu_binary(arch: str = "riscv64") -> Path:
+    """The patched QEMU binary, or a CosimError saying how to build it."""
+    qb = paths.qemu_build()
+    binary = qb.binary(arch)
+    if not (qb.is_built() and binary.is_file()):
+        raise CosimError(
+            f"patched QEMU is not built (expected {binary}); run ./setup.sh or `cosim build`"
+        )
+    return binary
+
+
+def plugin_path() -> Path:
+    lib = paths.plugin_library()
+    if not lib.is_file():
+        raise CosimError(f"cosim plugin is not built (expected {lib}); run `cosim build`")
+    return lib
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the bridge process dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Bridge:
+    """One QEMU process stepped by instruction quanta.
+
+    Use as a context manager; ``start()`` returns once every vCPU is
+    parked before its first instruction and the plugin waits for a command.
+    """
+
+    def __init__(self, config: QemuConfig, console: TextIO | Path | None = None,
+                 arch: str = "riscv64") -> None:
+        if config.mode not in ("fast", "trace"):
+            raise CosimError(f"--mode {config.mode}: must be fast or trace")
+        self.config = config
+        self.arch = arch
+        self.digest = RunDigest()
+        self.exit_code: int | None = None
+        self.hello: dict = {}
+        self._console_target = console
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._qmp: QEMUMonitorProtocol | None = None
+        self._shm: mmap.mmap | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix="cosim-run-"))
+        self._console_thread: threading.Thread | None = None
+        self._console_stop = threading.Event()
+        self._exited = False
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def console_path(self) -> Path:
+        if isinstance(self._console_target, Path):
+            return self._console_target
+        return self._dir / "console.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self._dir / "qemu.stderr"
+
+    def command_line(self) -> list[str]:
+        """The full QEMU command line (also recorded by snapshots)."""
+        c = self.config
+        plugin_args = [f"socket={self._dir / 'plugin.sock'}", f"mode={c.mode}"]
+        if c.mode == "trace":
+            plugin_args += [f"shm={self._dir / 'trace.shm'}", f"shm_records={c.shm_records}"]
+        return [
+            str(qemu_binary(self.arch)),
+            "-M", "virt", "-bios", "none", "-display", "none", "-nodefaults",
+            "-m", c.memory, "-smp", str(c.smp),
+            "-accel", f"tcg,thread=single,quantum={c.quantum}",
+            "-icount", f"shift={c.icount_shift},sleep=off,align=off",
+            "-rtc", "clock=vm,base=2025-01-01T00:00:00",
+            "-seed", str(c.seed),
+            "-chardev", f"file,id=con0,path={self.console_path}",
+            "-serial", "chardev:con0",
+            "-qmp", f"unix:{self._dir / 'qmp.sock'},server=on,wait=off",
+            "-plugin", str(plugin_path()) + "," + ",".join(plugin_args),
+            "-kernel", str(c.kernel),
+            *c.extra_args,
+        ]
+
+    def start(self) -> "Bridge":
+        cmd = self.command_line()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self._dir / "plugin.sock"))
+        self._listener.listen(1)
+        if self.config.mode == "trace":
+            size = self.config.shm_records * RECORD_DTYPE.itemsize
+            shm_file = self._dir / "trace.shm"
+            with open(shm_file, "wb") as f:
+                f.truncate(size)
+            with open(shm_file, "r+b") as f:
+                self._shm = mmap.mmap(f.fileno(), size)
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(self.stderr_path, "wb"), preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
+        try:
+            self._sock = self._accept_plugin()
+            self.hello = self._recv()
+            if self.hello.get("t") != "hello":
+                raise CosimError(f"plugin sent {self.hello!r} instead of hello")
+            self._start_console_forwarding()
+            self._expect("ready")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __enter__(self) -> "Bridge":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop QEMU (politely, then by force) and remove the run directory."""
+        if self._closed:
+            return
+        self._closed = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                if self._sock is not None and not self._exited:
+                    self._send({"c": "detach"})
+            except (OSError, CosimError):
+                pass
+            try:
+                self._qmp_client(timeout=1.0).cmd("quit")
+            except Exception:
+                pass
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._stop_console_forwarding()
+        for closable in (self._qmp, self._sock, self._listener, self._shm):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:
+                    pass
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    # -- data plane --------------------------------------------------------
+
+    def rr(self, turns: int) -> Report:
+        """Run ``turns`` turns round-robin with the quantum (1 in trace mode)."""
+        if turns <= 0:
+            raise CosimError(f"turns={turns}: must be > 0")
+        return self._command({"c": "rr", "turns": turns})
+
+    def step(self, vcpu: int, n: int) -> Report:
+        """Run vCPU ``vcpu`` for ``n`` instructions (others skip their turns)."""
+        if not 0 <= vcpu < self.config.smp:
+            raise CosimError(f"vcpu={vcpu}: must be in 0..{self.config.smp - 1}")
+        if n <= 0:
+            raise CosimError(f"n={n}: must be > 0")
+        return self._command({"c": "step", "vcpu": vcpu, "n": n})
+
+    def _command(self, cmd: dict) -> Report:
+        if self._exited:
+            raise CosimError("the guest has exited; nothing left to run")
+        self._send(cmd)
+        chunks: list[np.ndarray] = []
+        while True:
+            msg = self._recv()
+            kind = msg.get("t")
+            if kind == "chunk":
+                chunks.append(self._records(msg["nrec"]).copy())
+                self._send({"c": "ack"})
+                continue
+            if kind in ("report", "exit"):
+                return self._report(msg, chunks)
+            raise CosimError(f"unexpected message from the plugin: {msg!r}")
+
+    def _records(self, n: int) -> np.ndarray:
+        assert self._shm is not None
+        view = memoryview(self._shm)[: n * RECORD_DTYPE.itemsize]
+        self.digest.records(view)
+        return np.frombuffer(view, dtype=RECORD_DTYPE, count=n)
+
+    def _report(self, msg: dict, chunks: list[np.ndarray]) -> Report:
+        exited = msg["t"] == "exit"
+        last = None
+        if not exited:
+            last = Turn(vcpu=msg["vcpu"], budget=msg["budget"], executed=msg["executed"],
+                        halted=msg["halted"], counted=msg["counted"], icount=msg["icount"])
+        report = Report(
+            turns=msg["turns"], insns=msg["d_insns"], turn_counts=msg["d_turns"],
+            halted_turns=msg["d_halted"], short_turns=msg["short"],
+            count_mismatches=msg["mismatch"], last=last, exited=exited,
+            partial_vcpu=msg["vcpu"] if exited else -1,
+            partial_insns=msg["counted"] if exited else 0,
+        )
+        if msg["turns"] == 1 and last is not None:
+            self.digest.turn(last.vcpu, last.budget, last.executed, last.halted)
+        else:
+            self.digest.batch(report.insns, report.turn_counts, report.halted_turns)
+        if self._shm is not None:
+            tail = self._records(msg["nrec"])
+            report.trace = np.concatenate([*chunks, tail]) if chunks else tail
+        if exited:
+            self._exited = True
+            self.digest.turn(report.partial_vcpu, 0, report.partial_insns, False)
+            self.exit_code = self._wait_exit()
+        return report
+
+    def _wait_exit(self) -> int:
+        assert self._proc is not None
+        try:
+            return self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            raise CosimError("QEMU did not exit after the guest ended the run") from None
+
+    def _send(self, obj: dict) -> None:
+        assert self._sock is not None
+        data = msgpack.packb(obj)
+        try:
+            self._sock.sendall(_LEN.pack(len(data)) + data)
+        except OSError as e:
+            self._fail(f"broke the plugin connection ({e.strerror})")
+
+    def _recv(self) -> dict:
+        head = self._recv_exact(_LEN.size)
+        return msgpack.unpackb(self._recv_exact(_LEN.unpack(head)[0]))
+
+    def _recv_exact(self, n: int) -> bytes:
+        assert self._sock is not None
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = self._sock.recv_into(view[got:])
+            except socket.timeout:
+                self._check_alive()
+                continue
+            except OSError as e:
+                self._fail(f"broke the plugin connection ({e.strerror})")
+            if k == 0:
+                self._fail("closed the plugin connection")
+            got += k
+        return bytes(buf)
+
+    def _expect(self, kind: str) -> dict:
+        msg = self._recv()
+        if msg.get("t") != kind:
+            raise CosimError(f"plugin sent {msg.get('t')!r}, expected {kind!r}")
+        return msg
+
+    def _accept_plugin(self) -> socket.socket:
+        assert self._listener is not None
+        self._listener.settimeout(0.2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                self._check_alive()
+                continue
+            conn.settimeout(0.5)
+            return conn
+        self._fail("did not load the cosim plugin within 30 s")
+
+    def _check_alive(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._fail(f"exited with status {self._proc.returncode}")
+
+    def _fail(self, what: str) -> NoReturn:
+        """Raise a one-line error with the tail of QEMU's stderr."""
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                self._proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            lines = self.stderr_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        tail = " | ".join(lines[-STDERR_TAIL_LINES:]) or "no output on stderr"
+        status = self._proc.poll() if self._proc is not None else None
+        if status is not None and f"status {status}" not in what:
+            what += f" (exit status {status})"
+        raise CosimError(f"QEMU {what}: {tail}")
+
+    # -- control plane (QMP) -----------------------------------------------
+
+    def _qmp_client(self, timeout: float = 10.0) -> QEMUMonitorProtocol:
+        if self._qmp is None:
+            qmp = QEMUMonitorProtocol(str(self._dir / "qmp.sock"))
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    qmp.connect()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise CosimError("cannot connect to QEMU's QMP socket") from None
+                    self._check_alive()
+                    time.sleep(0.05)
+            self._qmp = qmp
+        return self._qmp
+
+    def qmp(self, command: str, **args: object) -> object:
+        """Run a QMP command; QEMU answers while the plugin holds a turn boundary."""
+        return self._qmp_client().cmd(command, **args) if args else self._qmp_client().cmd(command)
+
+    def hmp(self, command: str, cpu: int | None = None) -> str:
+        """Run a human-monitor command (optionally in the context of a vCPU)."""
+        args: dict[str, object] = {"command-line": command}
+        if cpu is not None:
+            args["cpu-index"] = cpu
+        return str(self._qmp_client().cmd("human-monitor-command", **args))
+
+    def registers(self, vcpu: int) -> dict[str, int]:
+        """Integer registers and pc of one vCPU (parsed from ``info registers``)."""
+        regs: dict[str, int] = {}
+        for line in self.hmp("info registers", cpu=vcpu).splitlines():
+            tokens = line.split()
+            for name, value in zip(tokens[::2], tokens[1::2]):
+                try:
+                    regs[name] = int(value, 16)
+                except ValueError:
+                    pass
+        return regs
+
+    def read_memory(self, addr: int, size: int) -> bytes:
+        """Guest-physical memory, byte-exact (QMP ``pmemsave`` to a private file)."""
+        if size <= 0:
+            raise CosimError(f"size={size}: must be > 0")
+        out = self._dir / "pmem.bin"
+        self.qmp("pmemsave", val=addr, size=size, filename=str(out))
+        data = out.read_bytes()
+        out.unlink()
+        return data
+
+    def pause(self) -> None:
+        """Stop the VM at the end of the current round (call between commands)."""
+        self._send({"c": "pause"})
+        deadline = time.monotonic() + 30
+        while self.qmp("query-status")["status"] != "paused":  # type: ignore[index]
+            if time.monotonic() > deadline:
+                raise CosimError("the VM did not pause at the round boundary within 30 s")
+            self._check_alive()
+            time.sleep(0.01)
+
+    def resume(self) -> None:
+        """Continue after ``pause()``; returns when the plugin asks for a command."""
+        self.qmp("cont")
+        self._expect("ready")
+
+    # -- console -----------------------------------------------------------
+
+    def console_text(self) -> str:
+        try:
+            return self.console_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _start_console_forwarding(self) -> None:
+        """Copy the guest console file to a stream as it grows."""
+        sink = self._console_target
+        if sink is None or isinstance(sink, Path):
+            return
+        self._console_thread = threading.Thread(
+            target=self._forward_console, args=(sink,), daemon=True)
+        self._console_thread.start()
+
+    def _forward_console(self, sink: TextIO) -> None:
+        pos = 0
+        while True:
+            stopping = self._console_stop.is_set()
+            try:
+                with open(self.console_path, "rb") as f:
+                    f.seek(pos)
+                    data = f.read()
+            except OSError:
+                data = b""
+            if data:
+                pos += len(data)
+                sink.write(data.decode(errors="replace"))
+                sink.flush()
+            if stopping:
+                return
+            self._console_stop.wait(0.05)
+
+    def _stop_console_forwarding(self) -> None:
+        if self._console_thread is not None:
+            self._console_stop.set()
+            self._console_thread.join(timeout=2)
+

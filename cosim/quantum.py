@@ -1,0 +1,123 @@
+"""Scheduling policy: which vCPU runs how many instructions next.
+
+Two policies drive the bridge:
+
+- ``run_round_robin``: fixed round-robin, every vCPU ``Q`` instructions per
+  turn in vCPU order (the default; fast mode batches many turns per round
+  trip so the bridge costs little);
+- ``step``: caller-directed budgets; the caller (later: the timing model,
+  which runs the vCPU with the smallest simulated time) names the vCPU and
+  its instruction count.
+
+Both account every report in a ``Schedule``: per-vCPU instruction and turn
+counts, turns that ended short (must stay 0: that is the exactness
+guarantee), disagreements between QEMU's icount and the plugin's counters,
+and the maximum instruction skew between vCPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .libqflex_bridge import Bridge, Report
+
+#: Fast mode asks for about this many instructions per round trip.
+FAST_BATCH_INSNS = 2_000_000
+
+
+@dataclass
+class Schedule:
+    """Running totals of a run, updated from each bridge report."""
+
+    nvcpus: int
+    insns: list[int] = field(default_factory=list)
+    turns: list[int] = field(default_factory=list)
+    halted_turns: list[int] = field(default_factory=list)
+    short_turns: int = 0
+    count_mismatches: int = 0
+    icount_drift: int = 0       # reports where sum(insns) != QEMU icount
+    qemu_icount: int = 0        # QEMU's icount at the last turn boundary
+    max_skew: int = 0
+    last_vcpu: int = -1
+    exited: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("insns", "turns", "halted_turns"):
+            if not getattr(self, name):
+                setattr(self, name, [0] * self.nvcpus)
+
+    @property
+    def total(self) -> int:
+        return sum(self.insns)
+
+    def account(self, report: Report) -> None:
+        for v in range(self.nvcpus):
+            self.insns[v] += report.insns[v]
+            self.turns[v] += report.turn_counts[v]
+            self.halted_turns[v] += report.halted_turns[v]
+        self.short_turns += report.short_turns
+        self.count_mismatches += report.count_mismatches
+        if report.last is not None:
+            self.last_vcpu = report.last.vcpu
+            self.qemu_icount = report.last.icount
+            if report.last.icount != self.total:
+                self.icount_drift += 1
+        if report.exited:
+            self.exited = True
+            if report.partial_vcpu >= 0:
+                self.insns[report.partial_vcpu] += report.partial_insns
+        # Sampled at every report: every turn in trace mode, every batch of
+        # whole rounds in fast mode. A halted vCPU falls behind, so the skew
+        # grows while a vCPU sleeps; with all vCPUs busy it stays <= Q.
+        self.max_skew = max(self.max_skew, max(self.insns) - min(self.insns))
+
+    def as_dict(self) -> dict:
+        return {
+            "vcpus": [
+                {"vcpu": v, "insns": self.insns[v], "turns": self.turns[v],
+                 "halted_turns": self.halted_turns[v]}
+                for v in range(self.nvcpus)
+            ],
+            "total_insns": self.total,
+            "qemu_icount": self.qemu_icount,
+            "max_skew": self.max_skew,
+            "short_turns": self.short_turns,
+            "count_mismatches": self.count_mismatches,
+            "icount_drift": self.icount_drift,
+        }
+
+
+def step(bridge: Bridge, schedule: Schedule, vcpu: int, n: int) -> Report:
+    """Caller-directed: run ``vcpu`` for ``n`` instructions and account it."""
+    report = bridge.step(vcpu, n)
+    schedule.account(report)
+    return report
+
+
+def run_round_robin(bridge: Bridge, schedule: Schedule, max_insns: int | None = None,
+                    on_report: Callable[[Report], None] | None = None) -> None:
+    """Fixed round-robin until the guest exits or ``max_insns`` in total.
+
+    The instruction limit is exact: the last turns are issued as directed
+    steps with a reduced budget, in the same vCPU order round-robin would
+    use, so the limit never overshoots.
+    """
+    n = bridge.config.smp
+    q = bridge.config.quantum
+    if bridge.config.mode == "trace":
+        batch = 1
+    else:
+        batch = n * max(1, FAST_BATCH_INSNS // (q * n))
+    while not schedule.exited:
+        remaining = None if max_insns is None else max_insns - schedule.total
+        if remaining is not None and remaining <= 0:
+            return
+        if remaining is not None and remaining < batch * q:
+            report = bridge.step((schedule.last_vcpu + 1) % n, min(q, remaining))
+        else:
+            report = bridge.rr(batch)
+        schedule.account(report)
+        if on_report is not None:
+            on_report(report)
+
