@@ -1,0 +1,57 @@
+"""Shared fixtures: every test here runs the real patched QEMU and plugin.
+
+The build must exist (./setup.sh or `cosim build`); a missing build fails
+the session with the command that fixes it rather than skipping silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cosim import build, paths
+from cosim.libqflex_bridge import Bridge, QemuConfig, plugin_path, qemu_binary
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def built() -> None:
+    """Fail early, and clearly, if QEMU, the plugin or the guests are missing."""
+    qemu_binary()
+    plugin_path()
+    build.ensure_guests()
+
+
+def guest(name: str) -> Path:
+    """A built-in guest ELF (parameterised names are built on demand)."""
+    return build.guest_elf(name)
+
+
+def cosim(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the cosim CLI as a user would."""
+    return subprocess.run([sys.executable, "-m", "cosim.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+def cosim_json(*args: str) -> dict:
+    proc = cosim("run", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def open_bridge(kernel: str, smp: int = 4, quantum: int = 1000, mode: str = "trace") -> Bridge:
+    return Bridge(QemuConfig(kernel=guest(kernel), smp=smp, quantum=quantum, mode=mode))
+
+
+def qemu_pids() -> set[int]:
+    """PIDs of running patched-QEMU processes (to prove none is left behind)."""
+    pattern = f"^{paths.cache_root()}/[^ ]*/build/qemu-system-"
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}

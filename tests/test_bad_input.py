@@ -1,0 +1,60 @@
+"""Bad input: one-line errors naming the value, non-zero exit, no QEMU left."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import cosim, qemu_pids
+
+
+@pytest.fixture
+def no_leftover_qemu():
+    before = qemu_pids()
+    yield
+    assert qemu_pids() - before == set()
+
+
+def one_line_error(proc, *needles: str) -> str:
+    assert proc.returncode not in (0, None)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    line = lines[0]
+    assert line.startswith("cosim: error: ")
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc"])
+def test_bad_quantum(value: str, no_leftover_qemu: None) -> None:
+    one_line_error(cosim("run", "--quantum", value), f"--quantum {value}", "instructions per vCPU turn")
+
+
+@pytest.mark.parametrize("value", ["0", "65"])
+def test_bad_smp(value: str, no_leftover_qemu: None) -> None:
+    one_line_error(cosim("run", "--smp", value), f"--smp {value}")
+
+
+def test_missing_kernel(no_leftover_qemu: None) -> None:
+    one_line_error(cosim("run", "--kernel", "/nonexistent/k.elf"), "/nonexistent/k.elf",
+                   "no such file", "spinlock")
+
+
+def test_non_elf_kernel(tmp_path, no_leftover_qemu: None) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not a kernel\n")
+    one_line_error(cosim("run", "--kernel", str(bogus)), str(bogus), "not an ELF")
+
+
+def test_wrong_architecture_elf(no_leftover_qemu: None) -> None:
+    import sys
+    one_line_error(cosim("run", "--kernel", sys.executable), "EM_X86_64", "riscv64")
+
+
+def test_qemu_not_built(tmp_path, no_leftover_qemu: None) -> None:
+    proc = cosim("run", env={"COSIM_CACHE": str(tmp_path / "empty-cache")})
+    one_line_error(proc, "patched QEMU is not built", "setup.sh")
+
+
+def test_bad_mode(no_leftover_qemu: None) -> None:
+    one_line_error(cosim("run", "--mode", "slow"), "slow", "fast", "trace")
