@@ -46,7 +46,12 @@ STDERR_TAIL_LINES = 3
 
 @dataclass
 class Turn:
-    """The last turn of a report, as QEMU and the plugin saw it."""
+    """One turn, as QEMU and the plugin saw it.
+
+    ``records`` (trace mode) are the turn's memory accesses and
+    instruction-fetch lines in program order; possibly a view of the shared
+    buffer, valid until the next command: copy to keep.
+    """
 
     vcpu: int
     budget: int
@@ -54,16 +59,13 @@ class Turn:
     halted: bool        # ended early because the vCPU halted (WFI)
     counted: int        # instructions, from the plugin's inline counter
     icount: int         # QEMU icount of all vCPUs after the turn
+    records: np.ndarray | None = None
 
 
 @dataclass
 class Report:
-    """What one command did: per-vCPU deltas and, if any, the last turn.
-
-    ``trace`` holds the records of the last turn in trace mode. It may be a
-    view of the shared buffer: valid until the next command, copy it to
-    keep it.
-    """
+    """What one command did: per-vCPU deltas, the last turn and, in trace
+    mode, every turn with its records (``turn_list``)."""
 
     turns: int
     insns: list[int]
@@ -75,7 +77,7 @@ class Report:
     exited: bool = False        # the guest ended QEMU during this command
     partial_vcpu: int = -1      # on exit: vCPU interrupted mid-turn
     partial_insns: int = 0      # ... and the instructions it ran
-    trace: np.ndarray | None = None
+    turn_list: list[Turn] = field(default_factory=list)
 
 
 @dataclass
@@ -144,6 +146,7 @@ class Bridge:
         self._console_stop = threading.Event()
         self._exited = False
         self._closed = False
+        self._carry: list[np.ndarray] = []   # records of a turn split by chunks
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -268,25 +271,52 @@ class Bridge:
         if self._exited:
             raise CosimError("the guest has exited; nothing left to run")
         self._send(cmd)
-        chunks: list[np.ndarray] = []
+        turns: list[Turn] = []
         while True:
             msg = self._recv()
             kind = msg.get("t")
             if kind == "chunk":
-                chunks.append(self._records(msg["nrec"]).copy())
+                # the buffer is reused after the ack: keep copies
+                turns += self._turn_ends(msg, copy=True)
                 self._send({"c": "ack"})
                 continue
             if kind in ("report", "exit"):
-                return self._report(msg, chunks)
+                turns += self._turn_ends(msg, copy=False)
+                return self._report(msg, turns)
             raise CosimError(f"unexpected message from the plugin: {msg!r}")
 
-    def _records(self, n: int) -> np.ndarray:
-        assert self._shm is not None
-        view = memoryview(self._shm)[: n * RECORD_DTYPE.itemsize]
-        self.digest.records(view)
-        return np.frombuffer(view, dtype=RECORD_DTYPE, count=n)
+    def _turn_ends(self, msg: dict, copy: bool) -> list[Turn]:
+        """Cut the buffer into the turns a trace-mode message completed.
 
-    def _report(self, msg: dict, chunks: list[np.ndarray]) -> Report:
+        Digest order is each turn's records, then its outcome, so it does
+        not depend on how turns were batched or chunked. Records after the
+        last turn end belong to the running turn and carry over.
+        """
+        if self._shm is None:
+            return []
+        size = RECORD_DTYPE.itemsize
+        n = msg["nrec"]
+        view = memoryview(self._shm)[: n * size]
+        recs = np.frombuffer(view, dtype=RECORD_DTYPE, count=n)
+        turns = []
+        start = 0
+        for vcpu, budget, executed, halted, counted, icount, end in msg.get("ends", ()):
+            self.digest.records(view[start * size:end * size])
+            self.digest.turn(vcpu, budget, executed, halted)
+            piece = recs[start:end]
+            if self._carry:
+                piece = np.concatenate([*self._carry, piece])
+                self._carry = []
+            elif copy:
+                piece = piece.copy()
+            turns.append(Turn(vcpu, budget, executed, halted, counted, icount, piece))
+            start = end
+        self.digest.records(view[start * size:])
+        if start < n:
+            self._carry.append(recs[start:].copy())
+        return turns
+
+    def _report(self, msg: dict, turns: list[Turn]) -> Report:
         exited = msg["t"] == "exit"
         last = None
         if not exited:
@@ -298,14 +328,12 @@ class Bridge:
             count_mismatches=msg["mismatch"], last=last, exited=exited,
             partial_vcpu=msg["vcpu"] if exited else -1,
             partial_insns=msg["counted"] if exited else 0,
+            turn_list=turns,
         )
-        if msg["turns"] == 1 and last is not None:
-            self.digest.turn(last.vcpu, last.budget, last.executed, last.halted)
-        else:
+        if self._shm is None:
             self.digest.batch(report.insns, report.turn_counts, report.halted_turns)
-        if self._shm is not None:
-            tail = self._records(msg["nrec"])
-            report.trace = np.concatenate([*chunks, tail]) if chunks else tail
+        elif turns and last is not None:
+            last.records = turns[-1].records
         if exited:
             self._exited = True
             self.digest.turn(report.partial_vcpu, 0, report.partial_insns, False)

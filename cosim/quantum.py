@@ -22,8 +22,11 @@ from typing import Callable
 
 from .libqflex_bridge import Bridge, Report
 
-#: Fast mode asks for about this many instructions per round trip.
+#: Instructions per round trip in round-robin: whole rounds, enough to hide
+#: the round-trip cost. Trace batches stay well inside the shared buffer
+#: (1 Mi records; a turn makes about 1-2 records per instruction).
 FAST_BATCH_INSNS = 2_000_000
+TRACE_BATCH_INSNS = 100_000
 
 
 @dataclass
@@ -105,10 +108,8 @@ def run_round_robin(bridge: Bridge, schedule: Schedule, max_insns: int | None = 
     """
     n = bridge.config.smp
     q = bridge.config.quantum
-    if bridge.config.mode == "trace":
-        batch = 1
-    else:
-        batch = n * max(1, FAST_BATCH_INSNS // (q * n))
+    per_batch = TRACE_BATCH_INSNS if bridge.config.mode == "trace" else FAST_BATCH_INSNS
+    batch = n * max(1, per_batch // (q * n))
     while not schedule.exited:
         remaining = None if max_insns is None else max_insns - schedule.total
         if remaining is not None and remaining <= 0:

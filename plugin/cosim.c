@@ -19,8 +19,12 @@
  *   {"c": "step", "vcpu": v, "n": n}  skip to vCPU v, run it for n insns
  *   {"c": "pause"}              skip the rest of the round; VM stops
  *   {"c": "detach"}             stop reporting; the bridge is shutting down
- * and "chunk" with {"c": "ack"}. In trace mode every turn is reported (the
- * buffer is reused by the next turn), so "rr" runs one turn there.
+ * and "chunk" with {"c": "ack"}. In trace mode "report" and "chunk" also
+ * carry "ends": one [vcpu, budget, executed, halted, counted, icount,
+ * rec_end] per turn completed since the previous message, where rec_end is
+ * the end of that turn's records in the buffer; records after the last
+ * rec_end belong to the turn still running. So many turns travel in one
+ * round trip and each turn's records stay separable.
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -61,6 +65,14 @@ enum { REC_IFETCH = 0, REC_LOAD = 1, REC_STORE = 2 };
 enum { REC_IO = 1, REC_VIRT = 2 };
 
 typedef enum { MODE_FAST, MODE_TRACE } Mode;
+
+/* A completed turn in trace mode, reported in "ends". */
+typedef struct {
+    unsigned int vcpu;
+    qemu_plugin_turn_info info;
+    uint64_t counted;
+    uint64_t rec_end;
+} TurnEnd;
 typedef enum {
     CMD_NONE,       /* need a command before the next turn */
     CMD_RR,
@@ -78,6 +90,7 @@ static struct {
     TraceRec *recs;
     size_t rec_cap;
     size_t nrec;
+    GArray *ends;               /* TurnEnd, trace mode */
 
     struct qemu_plugin_scoreboard *sb;
     qemu_plugin_u64 count;      /* instructions per vCPU (inline add) */
@@ -161,6 +174,29 @@ static void pack_str(msgpack_packer *pk, const char *s)
     msgpack_pack_str_body(pk, s, n);
 }
 
+/* "ends" of the turns completed since the last message, then forget them. */
+static void pack_ends(msgpack_packer *pk)
+{
+    pack_str(pk, "ends");
+    msgpack_pack_array(pk, S.ends->len);
+    for (guint i = 0; i < S.ends->len; i++) {
+        const TurnEnd *e = &g_array_index(S.ends, TurnEnd, i);
+        msgpack_pack_array(pk, 7);
+        msgpack_pack_uint32(pk, e->vcpu);
+        msgpack_pack_uint64(pk, e->info.budget);
+        msgpack_pack_uint64(pk, e->info.executed);
+        if (e->info.halted) {
+            msgpack_pack_true(pk);
+        } else {
+            msgpack_pack_false(pk);
+        }
+        msgpack_pack_uint64(pk, e->counted);
+        msgpack_pack_uint64(pk, e->info.icount);
+        msgpack_pack_uint64(pk, e->rec_end);
+    }
+    g_array_set_size(S.ends, 0);
+}
+
 static void pack_u64_array(msgpack_packer *pk, const uint64_t *v)
 {
     msgpack_pack_array(pk, S.nvcpus);
@@ -181,7 +217,7 @@ static void send_report(const char *type, int vcpu,
 
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, info ? 14 : 10);
+    msgpack_pack_map(&pk, (info ? 14 : 10) + (S.ends ? 1 : 0));
     pack_str(&pk, "t");
     pack_str(&pk, type);
     pack_str(&pk, "vcpu");
@@ -216,6 +252,9 @@ static void send_report(const char *type, int vcpu,
         pack_str(&pk, "icount");
         msgpack_pack_uint64(&pk, info->icount);
     }
+    if (S.ends) {
+        pack_ends(&pk);
+    }
     send_frame(&sb);
     msgpack_sbuffer_destroy(&sb);
 
@@ -233,11 +272,14 @@ static void send_simple(const char *type)
 
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
+    msgpack_pack_map(&pk, 2 + (S.ends ? 1 : 0));
     pack_str(&pk, "t");
     pack_str(&pk, type);
     pack_str(&pk, "nrec");
     msgpack_pack_uint64(&pk, S.nrec);
+    if (S.ends) {
+        pack_ends(&pk);
+    }
     send_frame(&sb);
     msgpack_sbuffer_destroy(&sb);
 }
@@ -298,7 +340,7 @@ static void wait_command(void)
 
     if (strcmp(name, "rr") == 0) {
         S.cmd = CMD_RR;
-        S.rr_left = S.mode == MODE_TRACE ? 1 : map_u64(&msg.data, "turns");
+        S.rr_left = map_u64(&msg.data, "turns");
         if (S.rr_left == 0) {
             die("rr needs turns > 0");
         }
@@ -366,6 +408,11 @@ static void vcpu_turn_end(qemu_plugin_id_t id, unsigned int vcpu,
      */
     S.d_mismatch += !info->halted && counted != info->executed;
     S.d_nturns++;
+    if (S.ends) {
+        TurnEnd e = { .vcpu = vcpu, .info = *info, .counted = counted,
+                      .rec_end = S.nrec };
+        g_array_append_val(S.ends, e);
+    }
 
     switch (S.cmd) {
     case CMD_RR:
@@ -605,6 +652,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     S.d_insns = g_new0(uint64_t, S.nvcpus);
     S.d_turns = g_new0(uint64_t, S.nvcpus);
     S.d_halted = g_new0(uint64_t, S.nvcpus);
+    if (S.mode == MODE_TRACE) {
+        S.ends = g_array_new(false, false, sizeof(TurnEnd));
+    }
     S.sb = qemu_plugin_scoreboard_new(sizeof(uint64_t));
     S.count = qemu_plugin_scoreboard_u64(S.sb);
     S.fd = connect_bridge(sock);

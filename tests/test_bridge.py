@@ -30,8 +30,9 @@ def test_directed_steps_advance_only_the_named_vcpu() -> None:
 
 def test_trace_records_describe_the_turn() -> None:
     with open_bridge("stream", quantum=1000, mode="trace") as bridge:
-        report = bridge.rr(1)
-        trace = report.trace
+        report = bridge.rr(8)
+        assert [t.vcpu for t in report.turn_list] == [0, 1, 2, 3, 0, 1, 2, 3]
+        trace = report.last.records
         assert trace is not None and len(trace) > 0
         assert int(trace["idx"].min()) == 0
         assert int(trace["idx"].max()) < 1000
@@ -101,3 +102,25 @@ def test_close_mid_run_stops_qemu() -> None:
     bridge.rr(1)
     bridge.close()
     assert qemu_pids() - before == set()
+
+
+def test_digest_does_not_depend_on_buffer_size_or_batching() -> None:
+    """A tiny shared buffer forces mid-turn chunks; turns then arrive split."""
+    from cosim.libqflex_bridge import Bridge, QemuConfig
+    from cosim.quantum import run_round_robin
+
+    def digest(shm_records: int, per_turn: bool) -> tuple[str, list[int]]:
+        config = QemuConfig(kernel=guest("stream-n2048-r2"), smp=4, quantum=1000,
+                            mode="trace", shm_records=shm_records)
+        with Bridge(config) as bridge:
+            schedule = Schedule(4)
+            if per_turn:
+                while not schedule.exited:
+                    schedule.account(bridge.rr(1))
+            else:
+                run_round_robin(bridge, schedule)
+            return bridge.digest.hexdigest(), schedule.insns
+
+    reference = digest(1 << 20, per_turn=False)
+    assert digest(300, per_turn=False) == reference
+    assert digest(1 << 20, per_turn=True) == reference
