@@ -12,6 +12,8 @@ DEB_PACKAGES=(
   libglib2.0-dev libpixman-1-dev libfdt-dev libslirp-dev
   # cosim plugin
   libmsgpack-dev
+  # tests look for leftover QEMU processes with pgrep
+  procps
   # bare-metal riscv64 guests
   gcc-riscv64-unknown-elf
   # x86 firmware for q35 guests (stripped from the QEMU source tarball)
