@@ -197,6 +197,12 @@ static void pack_ends(msgpack_packer *pk)
     g_array_set_size(S.ends, 0);
 }
 
+static void pack_kv_u64(msgpack_packer *pk, const char *key, uint64_t v)
+{
+    pack_str(pk, key);
+    msgpack_pack_uint64(pk, v);
+}
+
 static void pack_u64_array(msgpack_packer *pk, const uint64_t *v)
 {
     msgpack_pack_array(pk, S.nvcpus);
@@ -222,35 +228,27 @@ static void send_report(const char *type, int vcpu,
     pack_str(&pk, type);
     pack_str(&pk, "vcpu");
     msgpack_pack_int(&pk, vcpu);
-    pack_str(&pk, "counted");
-    msgpack_pack_uint64(&pk, counted);
-    pack_str(&pk, "nrec");
-    msgpack_pack_uint64(&pk, S.nrec);
-    pack_str(&pk, "turns");
-    msgpack_pack_uint64(&pk, S.d_nturns);
+    pack_kv_u64(&pk, "counted", counted);
+    pack_kv_u64(&pk, "nrec", S.nrec);
+    pack_kv_u64(&pk, "turns", S.d_nturns);
     pack_str(&pk, "d_insns");
     pack_u64_array(&pk, S.d_insns);
     pack_str(&pk, "d_turns");
     pack_u64_array(&pk, S.d_turns);
     pack_str(&pk, "d_halted");
     pack_u64_array(&pk, S.d_halted);
-    pack_str(&pk, "short");
-    msgpack_pack_uint64(&pk, S.d_short);
-    pack_str(&pk, "mismatch");
-    msgpack_pack_uint64(&pk, S.d_mismatch);
+    pack_kv_u64(&pk, "short", S.d_short);
+    pack_kv_u64(&pk, "mismatch", S.d_mismatch);
     if (info) {
-        pack_str(&pk, "budget");
-        msgpack_pack_uint64(&pk, info->budget);
-        pack_str(&pk, "executed");
-        msgpack_pack_uint64(&pk, info->executed);
+        pack_kv_u64(&pk, "budget", info->budget);
+        pack_kv_u64(&pk, "executed", info->executed);
         pack_str(&pk, "halted");
         if (info->halted) {
             msgpack_pack_true(&pk);
         } else {
             msgpack_pack_false(&pk);
         }
-        pack_str(&pk, "icount");
-        msgpack_pack_uint64(&pk, info->icount);
+        pack_kv_u64(&pk, "icount", info->icount);
     }
     if (S.ends) {
         pack_ends(&pk);

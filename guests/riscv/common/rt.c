@@ -373,3 +373,15 @@ void *memcpy(void *restrict d, const void *restrict s, size_t n)
         *p++ = *q++;
     return d;
 }
+
+uint64_t sum_over_harts(int hart, uint64_t mine)
+{
+    static uint64_t partial[RT_MAX_HARTS];
+    uint64_t sum = 0;
+
+    partial[hart] = mine;
+    barrier();
+    for (int h = 0; h < rt_nharts; h++)
+        sum += partial[h];
+    return sum;
+}

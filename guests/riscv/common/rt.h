@@ -63,6 +63,9 @@ void *rt_alloc(size_t bytes, size_t align);
 
 /* ---- synchronisation -------------------------------------------------- */
 void barrier(void);               /* all rt_nharts harts */
+/* Every hart passes its value; after a barrier, returns the sum of all
+ * harts' values (every hart gets it).  Used for checksums. */
+uint64_t sum_over_harts(int hart, uint64_t mine);
 
 static inline uint32_t amoswap_w_aq(volatile uint32_t *p, uint32_t v)
 {

@@ -31,7 +31,6 @@
 _Static_assert(WS >= 64 && (WS & (WS - 1)) == 0, "ws must be a power of two >= 64");
 
 static volatile uint64_t *T;
-static uint64_t partial[RT_MAX_HARTS];
 
 int main(int hart, int nharts)
 {
@@ -58,14 +57,10 @@ int main(int hart, int nharts)
     uint64_t sum = 0;
     for (uint64_t i = lo; i < hi; i++)
         sum += t[i] * (2 * i + 1);
-    partial[hart] = sum;
-    barrier();
+    sum = sum_over_harts(hart, sum);
     if (hart != 0)
         return 0;
 
-    sum = 0;
-    for (int h = 0; h < nharts; h++)
-        sum += partial[h];
     result_begin("gups", nharts, sum);
     result_dec("ws", WS);
     result_dec("updates", UPDATES * (uint64_t)nharts);

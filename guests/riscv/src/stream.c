@@ -29,7 +29,6 @@
 #define REPS ((uint64_t)PARAM_r)
 
 static double *A, *B, *C;
-static uint64_t partial[RT_MAX_HARTS];
 
 static void triad(double *restrict dst, const double *restrict src,
                   const double *restrict c, double s, uint64_t lo, uint64_t hi)
@@ -70,14 +69,10 @@ int main(int hart, int nharts)
     uint64_t sum = 0;
     for (uint64_t i = lo; i < hi; i++)
         sum += res[i];
-    partial[hart] = sum;
-    barrier();
+    sum = sum_over_harts(hart, sum);
     if (hart != 0)
         return 0;
 
-    sum = 0;
-    for (int h = 0; h < nharts; h++)
-        sum += partial[h];
     result_begin("stream", nharts, sum);
     result_dec("n", N);
     result_dec("reps", REPS);
