@@ -20,6 +20,9 @@ assert RECORD_DTYPE.itemsize == 16
 
 KIND_IFETCH, KIND_LOAD, KIND_STORE = 0, 1, 2
 FLAG_IO, FLAG_VIRT = 1, 2
+# flags bits 2-4: distance (1..4) of the earlier load whose value is this
+# load's address (pointer chasing); 0 when independent
+FLAG_DEP_SHIFT, FLAG_DEP_MASK = 2, 0x1C
 
 _TURN = struct.Struct("<iQQ?")
 

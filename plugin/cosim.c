@@ -56,13 +56,25 @@ typedef struct {
     uint32_t idx;       /* instruction index within the turn */
     uint8_t kind;       /* REC_IFETCH, REC_LOAD, REC_STORE */
     uint8_t size;       /* bytes; LINE_BYTES for instruction fetch */
-    uint8_t flags;      /* REC_IO, REC_VIRT */
+    uint8_t flags;      /* REC_IO, REC_VIRT, dependence distance << REC_DEP_SHIFT */
     uint8_t pad;
 } TraceRec;
 _Static_assert(sizeof(TraceRec) == 16, "trace record is 16 bytes");
 
 enum { REC_IFETCH = 0, REC_LOAD = 1, REC_STORE = 2 };
 enum { REC_IO = 1, REC_VIRT = 2 };
+
+/*
+ * Load-to-load address dependence (pointer chasing). A load whose virtual
+ * address lies within DEP_WINDOW bytes above the value returned by one of
+ * the vCPU's last DEP_LOADS 8-byte loads is marked with that load's
+ * distance (1 = the previous load) in flags bits 2-4. The timing model
+ * makes such a load wait for its producer; without values it could not
+ * tell a pointer chase (serial) from random independent loads (GUPS).
+ */
+#define REC_DEP_SHIFT 2
+#define DEP_LOADS 4
+#define DEP_WINDOW 256
 
 typedef enum { MODE_FAST, MODE_TRACE } Mode;
 
@@ -95,6 +107,8 @@ static struct {
     struct qemu_plugin_scoreboard *sb;
     qemu_plugin_u64 count;      /* instructions per vCPU (inline add) */
     uint64_t *turn_base;        /* count at the start of the vCPU's turn */
+    uint64_t (*dep_vals)[DEP_LOADS]; /* per vCPU: last 8-byte load values */
+    unsigned int *dep_head;     /* per vCPU: slot of the newest value */
     int cur_vcpu;               /* vCPU in a turn, -1 between turns */
 
     /* deltas since the last report */
@@ -461,6 +475,29 @@ static void vcpu_ifetch(unsigned int vcpu, void *udata)
     r->pad = 0;
 }
 
+/* Distance (1..DEP_LOADS) of the load that produced this load's address, or 0. */
+static unsigned int load_dependence(unsigned int vcpu, qemu_plugin_meminfo_t info,
+                                    uint64_t vaddr)
+{
+    uint64_t *vals = S.dep_vals[vcpu];
+    unsigned int head = S.dep_head[vcpu], dist = 0;
+    qemu_plugin_mem_value v;
+
+    for (unsigned int d = 0; d < DEP_LOADS; d++) {
+        if (vaddr - vals[(head - d) % DEP_LOADS] < DEP_WINDOW) {
+            dist = d + 1;
+            break;
+        }
+    }
+    v = qemu_plugin_mem_get_value(info);
+    if (v.type == QEMU_PLUGIN_MEM_VALUE_U64) {
+        head = (head + 1) % DEP_LOADS;
+        vals[head] = v.data.u64;
+        S.dep_head[vcpu] = head;
+    }
+    return dist;
+}
+
 static void vcpu_mem(unsigned int vcpu, qemu_plugin_meminfo_t info,
                      uint64_t vaddr, void *udata)
 {
@@ -482,6 +519,9 @@ static void vcpu_mem(unsigned int vcpu, qemu_plugin_meminfo_t info,
     } else {
         r->addr = vaddr;
         r->flags = REC_VIRT;
+    }
+    if (r->kind == REC_LOAD) {
+        r->flags |= load_dependence(vcpu, info, vaddr) << REC_DEP_SHIFT;
     }
 }
 
@@ -647,6 +687,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     }
     S.nvcpus = info->system.max_vcpus;
     S.turn_base = g_new0(uint64_t, S.nvcpus);
+    S.dep_vals = g_malloc0(sizeof(*S.dep_vals) * S.nvcpus);
+    S.dep_head = g_new0(unsigned int, S.nvcpus);
     S.d_insns = g_new0(uint64_t, S.nvcpus);
     S.d_turns = g_new0(uint64_t, S.nvcpus);
     S.d_halted = g_new0(uint64_t, S.nvcpus);

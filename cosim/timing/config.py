@@ -1,0 +1,328 @@
+"""Timing-model configuration: documented defaults, presets, TOML files.
+
+Defaults describe a small server core with one DDR4 channel and a CXL
+type-3 expander; each field's comment cites where its value comes from.
+Files are read with the standard library's ``tomllib``; ``cosim config
+show`` writes the effective configuration with ``tomlkit`` so that the
+comments survive. Every field is checked by name against its range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from ..errors import CosimError
+
+
+def F(default: Any, lo: float | None = None, hi: float | None = None, doc: str = "",
+      choices: tuple[str, ...] = ()) -> Any:
+    """A config field with its accepted range and the comment printed beside it."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    frequency_ghz: float = F(3.0, 0.1, 10.0, "core clock; server parts run 2-4 GHz")
+    base_cpi: float = F(0.25, 0.05, 10.0, "cycles per instruction without stalls: 1/issue width "
+                        "(4-wide, Sniper's Nehalem model)")
+    rob: int = F(256, 1, 4096, "reorder buffer entries: a miss stalls dispatch this many "
+                 "instructions later (Skylake 224, Golden Cove 512)")
+    mlp: int = F(16, 1, 256, "outstanding L1D misses per core (MSHRs / line fill buffers: "
+                 "Skylake 12, Golden Cove 16)")
+    io_latency: int = F(100, 0, 100000, "cycles per uncached device (MMIO) access")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    size_kib: int = F(32, 1, 1 << 20, "capacity in KiB")
+    ways: int = F(8, 1, 64, "associativity")
+    latency: int = F(4, 1, 1000, "load-to-use cycles of a hit")
+    replacement: str = F("lru", doc="replacement policy", choices=("lru", "fifo", "random"))
+
+
+@dataclass(frozen=True)
+class LlcConfig:
+    size_kib: int = F(8192, 64, 1 << 20, "total capacity in KiB, all slices (Sniper: 8 MiB)")
+    ways: int = F(16, 1, 64, "associativity")
+    latency: int = F(40, 1, 1000, "load-to-use cycles of a hit (Sniper LLC slices: 30-40)")
+    replacement: str = F("lru", doc="replacement policy", choices=("lru", "fifo", "random"))
+    slices: int = F(4, 1, 64, "address-interleaved slices (power of two)")
+    inclusive: bool = F(False, doc="evicting an LLC line invalidates private copies")
+    line_bytes: int = F(64, 32, 256, "cache line size of every cache (power of two)")
+
+
+@dataclass(frozen=True)
+class CoherenceConfig:
+    upgrade_latency: int = F(40, 1, 10000, "cycles to invalidate other sharers on a write to a "
+                             "shared line: a directory (LLC) round trip")
+    transfer_latency: int = F(60, 1, 10000, "cycles to fetch a line dirty in another core's "
+                              "cache (cache-to-cache, about LLC + snoop)")
+
+
+@dataclass(frozen=True)
+class DramConfig:
+    latency_ns: float = F(90.0, 10.0, 10000.0, "idle load-to-use latency of local DRAM "
+                          "(80-110 ns, MICRO'23 'Demystifying CXL memory')")
+    channels: int = F(1, 1, 64, "controllers / channels, interleaved")
+    interleave_bytes: int = F(4096, 64, 1 << 30, "channel interleave granularity")
+    bandwidth_gbps: float = F(25.6, 0.1, 10000.0, "GB/s per channel, reads and writes share it "
+                              "(DDR4-3200: 25.6)")
+    write_bandwidth_gbps: float = F(25.6, 0.1, 10000.0, "GB/s per channel for writes "
+                                    "(lower to model write turnaround)")
+
+
+@dataclass(frozen=True)
+class CxlConfig:
+    device_latency_ns: float = F(110.0, 1.0, 10000.0, "CXL controller + media part of the load "
+                                 "latency; with the link: 2.2x local DRAM for an ASIC (MICRO'23)")
+    link_latency_ns: float = F(88.0, 0.0, 10000.0, "root port + link round trip (flit packing, "
+                               "CXL-DMSim)")
+    switch_hops: int = F(0, 0, 8, "CXL switches between host and device")
+    switch_latency_ns: float = F(70.0, 0.0, 10000.0, "added per switch hop (50-120 ns)")
+    devices: int = F(1, 1, 64, "CXL memory devices, interleaved")
+    interleave_bytes: int = F(4096, 64, 1 << 30, "device interleave granularity")
+    link_bandwidth_gbps: float = F(31.5, 0.1, 10000.0, "GB/s per direction: PCIe 5 x8 "
+                                   "(x16: 63)")
+    read_bandwidth_gbps: float = F(20.0, 0.1, 10000.0, "device read bandwidth, GB/s (ASIC with "
+                                   "one DDR channel behind it, MICRO'23: ~20)")
+    write_bandwidth_gbps: float = F(16.0, 0.1, 10000.0, "device write bandwidth, GB/s (writes are "
+                                    "slower than reads on measured devices)")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    default_tier: str = F("dram", doc="tier of RAM outside 'ranges'", choices=("dram", "cxl",
+                                                                              "interleave"))
+    interleave_weights: tuple[int, int] = F((1, 1), 1, 64, "default_tier = 'interleave': pages "
+                                            "per DRAM : CXL (Linux weighted interleave)")
+    interleave_bytes: int = F(4096, 64, 1 << 30, "default_tier = 'interleave': granularity")
+    ranges: tuple[tuple[int, int, str], ...] = F((), doc="[[memory.ranges]] start, size, tier: "
+                                                  "physical ranges pinned to a tier (e.g. NUMA "
+                                                  "node 1 = CXL)")
+
+
+@dataclass(frozen=True)
+class Config:
+    core: CoreConfig = field(default_factory=CoreConfig)
+    l1i: CacheConfig = field(default_factory=CacheConfig)
+    l1d: CacheConfig = field(default_factory=CacheConfig)
+    l2: CacheConfig = field(default_factory=lambda: CacheConfig(1024, 16, 14, "lru"))
+    llc: LlcConfig = field(default_factory=LlcConfig)
+    coherence: CoherenceConfig = field(default_factory=CoherenceConfig)
+    dram: DramConfig = field(default_factory=DramConfig)
+    cxl: CxlConfig = field(default_factory=CxlConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+    # ---- derived figures (cycles) ---------------------------------------
+    def ns_to_cycles(self, ns: float) -> float:
+        return ns * self.core.frequency_ghz
+
+    @property
+    def cxl_latency_ns(self) -> float:
+        """Idle load-to-use latency of CXL memory."""
+        c = self.cxl
+        return c.device_latency_ns + c.link_latency_ns + c.switch_hops * c.switch_latency_ns
+
+    def line_transfer_cycles(self, gbps: float) -> float:
+        """Cycles one line occupies a channel or link at ``gbps`` GB/s."""
+        return self.ns_to_cycles(self.llc.line_bytes / gbps)
+
+    @property
+    def cxl_read_gbps(self) -> float:
+        return min(self.cxl.link_bandwidth_gbps, self.cxl.read_bandwidth_gbps)
+
+    @property
+    def cxl_write_gbps(self) -> float:
+        return min(self.cxl.link_bandwidth_gbps, self.cxl.write_bandwidth_gbps)
+
+    def load_latencies(self) -> dict[str, float]:
+        """Idle load-to-use cycles of a load served by each level."""
+        return {"l1": self.l1d.latency, "l2": self.l2.latency, "llc": self.llc.latency,
+                "dram": self.ns_to_cycles(self.dram.latency_ns),
+                "cxl": self.ns_to_cycles(self.cxl_latency_ns)}
+
+    def digest(self) -> str:
+        """Short hash of the effective configuration (recorded with results)."""
+        blob = json.dumps(to_plain(self), sort_keys=True).encode()
+        return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+SECTIONS = tuple(f.name for f in fields(Config))
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "dram-only": {},
+    "cxl-direct": {"memory": {"default_tier": "cxl"}},
+    "cxl-switch": {"memory": {"default_tier": "cxl"}, "cxl": {"switch_hops": 1}},
+    "interleave": {"memory": {"default_tier": "interleave"}},
+}
+PRESET_DOCS = {
+    "dram-only": "all RAM is local DRAM",
+    "cxl-direct": "all RAM is a directly attached CXL type-3 expander",
+    "cxl-switch": "all RAM is CXL memory behind one switch",
+    "interleave": "4 KiB pages alternate between DRAM and CXL (1:1)",
+}
+
+
+def to_plain(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The configuration as nested plain values (TOML / JSON ready)."""
+    out: dict[str, dict[str, Any]] = {}
+    for sec in SECTIONS:
+        part = getattr(cfg, sec)
+        vals: dict[str, Any] = {}
+        for f in fields(part):
+            v = getattr(part, f.name)
+            if f.name == "ranges":
+                v = [{"start": s, "size": z, "tier": t} for s, z, t in v]
+            elif isinstance(v, tuple):
+                v = list(v)
+            vals[f.name] = v
+        out[sec] = vals
+    return out
+
+
+def _bad(where: str, value: Any, accepted: str) -> CosimError:
+    return CosimError(f"config {where} = {value!r}: {accepted}")
+
+
+def _check_value(where: str, f: Any, value: Any) -> Any:
+    """Validate one field value against its type and range; returns it normalised."""
+    meta = f.metadata
+    default = f.default
+    lo, hi, choices = meta["lo"], meta["hi"], meta["choices"]
+    if f.name == "ranges":
+        return _check_ranges(where, value)
+    if choices:
+        if value not in choices:
+            raise _bad(where, value, f"must be one of {', '.join(choices)}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise _bad(where, value, "must be true or false")
+        return value
+    if isinstance(default, tuple):
+        if (not isinstance(value, list | tuple) or len(value) != len(default)
+                or not all(isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+                           for x in value)):
+            raise _bad(where, value, f"must be a list of {len(default)} integers in {lo}..{hi}")
+        return tuple(value)
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise _bad(where, value, f"must be an integer in {lo}..{hi}")
+        return value
+    if not isinstance(value, int | float) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _bad(where, value, f"must be a number in {lo}..{hi}")
+    return float(value)
+
+
+def _check_ranges(where: str, value: Any) -> tuple[tuple[int, int, str], ...]:
+    if not isinstance(value, list):
+        raise _bad(where, value, "must be a list of {start, size, tier} tables")
+    out = []
+    for i, r in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(r, dict) or set(r) != {"start", "size", "tier"}:
+            raise _bad(w, r, "must be a table with exactly start, size, tier")
+        if not isinstance(r["start"], int) or r["start"] < 0:
+            raise _bad(f"{w}.start", r["start"], "must be an integer >= 0")
+        if not isinstance(r["size"], int) or r["size"] <= 0:
+            raise _bad(f"{w}.size", r["size"], "must be an integer > 0")
+        if r["tier"] not in ("dram", "cxl"):
+            raise _bad(f"{w}.tier", r["tier"], "must be dram or cxl")
+        out.append((r["start"], r["size"], r["tier"]))
+    return tuple(out)
+
+
+def _apply(cfg: Config, overrides: dict[str, Any], origin: str) -> Config:
+    """Return ``cfg`` with ``overrides`` (nested tables) applied and checked."""
+    for sec, table in overrides.items():
+        if sec not in SECTIONS:
+            raise CosimError(f"{origin}: unknown section [{sec}]; sections: {', '.join(SECTIONS)}")
+        if not isinstance(table, dict):
+            raise CosimError(f"{origin}: [{sec}] must be a table")
+        part = getattr(cfg, sec)
+        known = {f.name: f for f in fields(part)}
+        changes = {}
+        for key, value in table.items():
+            if key not in known:
+                raise CosimError(f"{origin}: unknown field {sec}.{key}; "
+                                 f"{sec} has {', '.join(known)}")
+            changes[key] = _check_value(f"{sec}.{key}", known[key], value)
+        cfg = replace(cfg, **{sec: replace(part, **changes)})
+    return cfg
+
+
+def _check_shape(cfg: Config) -> None:
+    """Relations between fields (power-of-two geometry, latencies that add up)."""
+    line = cfg.llc.line_bytes
+    if line & (line - 1):
+        raise _bad("llc.line_bytes", line, "must be a power of two in 32..256")
+    if cfg.llc.slices & (cfg.llc.slices - 1):
+        raise _bad("llc.slices", cfg.llc.slices, "must be a power of two in 1..64")
+    for name in ("l1i", "l1d", "l2", "llc"):
+        c = getattr(cfg, name)
+        per = c.size_kib * 1024 // (cfg.llc.slices if name == "llc" else 1)
+        sets = per // (c.ways * line)
+        if sets < 1 or sets * c.ways * line != per or sets & (sets - 1):
+            raise _bad(f"{name}.size_kib", c.size_kib,
+                       f"must give a power-of-two number of sets of {c.ways} ways x {line} B"
+                       + (f" in each of {cfg.llc.slices} slices" if name == "llc" else ""))
+    floor = cfg.llc.latency + cfg.line_transfer_cycles(cfg.dram.bandwidth_gbps)
+    if cfg.ns_to_cycles(cfg.dram.latency_ns) <= floor:
+        raise _bad("dram.latency_ns", cfg.dram.latency_ns,
+                   f"must exceed the LLC latency plus a line transfer ({floor:.1f} cycles)")
+    floor = cfg.llc.latency + cfg.line_transfer_cycles(cfg.cxl_read_gbps)
+    if cfg.ns_to_cycles(cfg.cxl_latency_ns) <= floor:
+        raise _bad("cxl.device_latency_ns", cfg.cxl.device_latency_ns,
+                   f"CXL latency must exceed the LLC latency plus a line transfer "
+                   f"({floor:.1f} cycles)")
+
+
+def load(preset: str | None = None, path: Path | None = None) -> Config:
+    """Defaults, then the preset, then the file's fields."""
+    cfg = Config()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise CosimError(f"--preset {preset!r}: unknown; presets: {', '.join(PRESETS)}")
+        cfg = _apply(cfg, PRESETS[preset], f"preset {preset}")
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise CosimError(f"--config {path}: no such file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise CosimError(f"--config {path}: not valid TOML: {e}") from None
+        cfg = _apply(cfg, data, str(path))
+    _check_shape(cfg)
+    return cfg
+
+
+def show(cfg: Config, title: str) -> str:
+    """The configuration as commented TOML (what ``cosim config show`` prints)."""
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(title))
+    lat = ", ".join(f"{k} {v:.1f}" for k, v in cfg.load_latencies().items())
+    doc.add(tomlkit.comment(f"idle load-to-use cycles: {lat}"))
+    doc.add(tomlkit.nl())
+    plain = to_plain(cfg)
+    for sec in SECTIONS:
+        table = tomlkit.table()
+        part = getattr(cfg, sec)
+        for f in fields(part):
+            value = plain[sec][f.name]
+            if f.name == "ranges":
+                arr = tomlkit.aot()
+                for r in value:
+                    arr.append(tomlkit.item(r))
+                table.add(f.name, arr)
+            else:
+                table.add(f.name, value)
+            table[f.name].comment(f.metadata["doc"])
+        doc.add(sec, table)
+    return tomlkit.dumps(doc)

@@ -1,0 +1,198 @@
+"""Interval-style core model: cycles of one vCPU turn from its trace records.
+
+Instructions dispatch at ``base_cpi`` each (the issue width) unless the
+core stalls. A load that misses the L1 takes an MSHR (at most ``mlp``
+outstanding misses per core) and completes after its latency; it stalls
+dispatch only when it reaches the head of a full reorder buffer (``rob``
+instructions later), so independent misses overlap. A load whose address
+came from an earlier load (the plugin's dependence flag) cannot issue
+before that load completes, so pointer chases serialise. Stores retire
+into the store buffer: their misses take MSHRs and bandwidth but do not
+stall. Instruction fetch misses stall the front end for their latency.
+
+Stall cycles are charged to the level that served the blocking access,
+which gives the CPI stack. All times are ticks (``TICKS_PER_CYCLE``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from . import hierarchy
+from .caches import G_LATENCY
+from .hierarchy import Hier
+from .memory import TIER_CXL, TIER_DRAM, TS_READ_BYTES, TS_WRITE_BYTES
+
+KIND_IFETCH, KIND_LOAD, KIND_STORE = 0, 1, 2   # cosim.trace
+FLAG_IO = 1
+FLAG_DEP_SHIFT = 2
+
+# CPI stack categories: hierarchy levels, then these
+CAT_BASE, CAT_L1D, CAT_L2, CAT_LLC, CAT_COHERENCE, CAT_DRAM, CAT_CXL, CAT_L1I, CAT_IO = range(9)
+NCATS = 9
+CAT_NAMES = ("base", "l1d", "l2", "llc", "coherence", "dram", "cxl", "l1i", "io")
+LEVEL_CAT = np.array([CAT_L1D, CAT_L2, CAT_LLC, CAT_COHERENCE, CAT_DRAM, CAT_CXL], dtype=np.int64)
+
+# per-core scalars
+T_TIME, T_INSNS, T_HEAD, T_COUNT, T_LDHEAD, T_IDLE, T_LOADS, T_STORES, T_FETCHES = range(9)
+T_IO, T_BUSY = 9, 10
+NSCAL = 11
+
+# core params
+C_CPI, C_ROB, C_MLP, C_IO_LAT, C_ROI_BEGIN, C_ROI_END = range(6)
+NCPARAMS = 6
+
+LD_RING = 8     # completion times of the last loads (dependence distance <= 7)
+
+# ROI snapshot columns: time, instructions, then DRAM and CXL bytes moved
+R_TIME, R_INSNS, R_DRAM_BYTES, R_CXL_BYTES, R_SEEN = range(5)
+NROI = 5
+
+
+class CoreArrays(NamedTuple):
+    """Per-core state of the interval model."""
+
+    params: np.ndarray      # int64[NCPARAMS]
+    scal: np.ndarray        # int64[ncores, NSCAL]
+    fifo_idx: np.ndarray    # int64[ncores, rob]: instruction number of a long op
+    fifo_done: np.ndarray   # int64[ncores, rob]: its completion time
+    fifo_cat: np.ndarray    # int64[ncores, rob]: its CPI category
+    mshr: np.ndarray        # int64[ncores, mlp]: completion time of each MSHR
+    ld_done: np.ndarray     # int64[ncores, LD_RING]
+    cpi: np.ndarray         # int64[ncores, NCATS]: ticks per category
+    roi: np.ndarray         # int64[ncores, 2, NROI]: begin / end snapshots
+
+
+def allocate(ncores: int, rob: int, mlp: int, params: np.ndarray) -> CoreArrays:
+    return CoreArrays(
+        params=params,
+        scal=np.zeros((ncores, NSCAL), dtype=np.int64),
+        fifo_idx=np.zeros((ncores, rob), dtype=np.int64),
+        fifo_done=np.zeros((ncores, rob), dtype=np.int64),
+        fifo_cat=np.zeros((ncores, rob), dtype=np.int64),
+        mshr=np.zeros((ncores, mlp), dtype=np.int64),
+        ld_done=np.zeros((ncores, LD_RING), dtype=np.int64),
+        cpi=np.zeros((ncores, NCATS), dtype=np.int64),
+        roi=np.zeros((ncores, 2, NROI), dtype=np.int64),
+    )
+
+
+@njit(_nrt=False, cache=True)
+def _take_mshr(K: CoreArrays, c: int, t: int) -> tuple:
+    """The MSHR that frees first, and when the miss can issue."""
+    slot = 0
+    free = K.mshr[c, 0]
+    for s in range(1, K.mshr.shape[1]):
+        if K.mshr[c, s] < free:
+            free = K.mshr[c, s]
+            slot = s
+    return slot, (free if free > t else t)
+
+
+@njit(_nrt=False, cache=True)
+def _roi_mark(K: CoreArrays, H: Hier, c: int, which: int, now: int, insn: int) -> None:
+    ts = H.Mm.tier_stats
+    K.roi[c, which, R_TIME] = now
+    K.roi[c, which, R_INSNS] = insn
+    K.roi[c, which, R_DRAM_BYTES] = ts[TIER_DRAM, TS_READ_BYTES] + ts[TIER_DRAM, TS_WRITE_BYTES]
+    K.roi[c, which, R_CXL_BYTES] = ts[TIER_CXL, TS_READ_BYTES] + ts[TIER_CXL, TS_WRITE_BYTES]
+    K.roi[c, which, R_SEEN] += 1
+
+
+@njit(_nrt=False, cache=True)
+def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
+             kind: np.ndarray, flags: np.ndarray, executed: int) -> int:
+    """Advance core ``c`` over one turn of ``executed`` instructions; returns its ticks."""
+    p = K.params
+    cpi = p[C_CPI]
+    rob = p[C_ROB]
+    shift = H.hp[hierarchy.H_LINE_SHIFT]
+    n = H.hp[hierarchy.H_NCORES]
+    l1d_lat = H.C.geom[n + c, G_LATENCY]
+    l1i_lat = H.C.geom[c, G_LATENCY]
+    sc = K.scal
+    base = sc[c, T_TIME]
+    ibase = sc[c, T_INSNS]
+    head = sc[c, T_HEAD]
+    count = sc[c, T_COUNT]
+    ldhead = sc[c, T_LDHEAD]
+    stall = 0
+    for r in range(addr.shape[0]):
+        i = idx[r]
+        now = base + i * cpi + stall
+        ai = ibase + i
+        # the reorder buffer is full behind a long operation: wait for it
+        while count > 0 and K.fifo_idx[c, head] + rob <= ai:
+            done = K.fifo_done[c, head]
+            if done > now:
+                K.cpi[c, K.fifo_cat[c, head]] += done - now
+                stall += done - now
+                now = done
+            head = (head + 1) % rob
+            count -= 1
+        k = kind[r]
+        a = addr[r]
+        if flags[r] & FLAG_IO:
+            # device register: uncached and serialising
+            sc[c, T_IO] += 1
+            K.cpi[c, CAT_IO] += p[C_IO_LAT]
+            stall += p[C_IO_LAT]
+            continue
+        line = a >> shift
+        if k == KIND_IFETCH:
+            sc[c, T_FETCHES] += 1
+            if not hierarchy.l1_hit(H, c, line, False, True):
+                lat, level = hierarchy.access(H, c, line, False, True, now)
+                if lat > l1i_lat:
+                    K.cpi[c, CAT_L1I] += lat - l1i_lat
+                    stall += lat - l1i_lat
+        elif k == KIND_LOAD:
+            sc[c, T_LOADS] += 1
+            issue = now
+            dep = (flags[r] >> FLAG_DEP_SHIFT) & 7
+            if dep:
+                producer = K.ld_done[c, (ldhead - (dep - 1)) % LD_RING]
+                if producer > issue:
+                    issue = producer
+            if hierarchy.l1_hit(H, c, line, False, False):
+                done = issue + l1d_lat
+                cat = CAT_L1D
+            else:
+                slot, issue = _take_mshr(K, c, issue)
+                lat, level = hierarchy.access(H, c, line, False, False, issue)
+                done = issue + lat
+                K.mshr[c, slot] = done
+                cat = LEVEL_CAT[level]
+            ldhead = (ldhead + 1) % LD_RING
+            K.ld_done[c, ldhead] = done
+            if done > now + l1d_lat:
+                if count == rob:        # cannot happen: entries are < rob apart
+                    head = (head + 1) % rob
+                    count -= 1
+                tail = (head + count) % rob
+                K.fifo_idx[c, tail] = ai
+                K.fifo_done[c, tail] = done
+                K.fifo_cat[c, tail] = cat
+                count += 1
+        else:
+            sc[c, T_STORES] += 1
+            if p[C_ROI_BEGIN] == a:
+                _roi_mark(K, H, c, 0, now, ai)
+            elif p[C_ROI_END] == a:
+                _roi_mark(K, H, c, 1, now, ai)
+            if not hierarchy.l1_hit(H, c, line, True, False):
+                slot, issue = _take_mshr(K, c, now)
+                lat, level = hierarchy.access(H, c, line, True, False, issue)
+                K.mshr[c, slot] = issue + lat
+    ticks = executed * cpi + stall
+    K.cpi[c, CAT_BASE] += executed * cpi
+    sc[c, T_TIME] = base + ticks
+    sc[c, T_INSNS] = ibase + executed
+    sc[c, T_BUSY] += ticks
+    sc[c, T_HEAD] = head
+    sc[c, T_COUNT] = count
+    sc[c, T_LDHEAD] = ldhead
+    return ticks

@@ -1,0 +1,110 @@
+"""Build the model's arrays from a configuration and the guest's RAM layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import caches, core, hierarchy, memory
+from .config import Config
+
+TICKS = memory.TICKS_PER_CYCLE
+
+
+@dataclass
+class Model:
+    """Everything the kernels update, plus what the reports need to read it."""
+
+    cfg: Config
+    ncores: int
+    H: hierarchy.Hier
+    K: core.CoreArrays
+    ram: list[tuple[int, int]]          # (start, size) of each RAM range
+
+
+def _ticks(cycles: float) -> int:
+    return int(round(cycles * TICKS))
+
+
+def build(cfg: Config, ncores: int, ram: list[tuple[int, int]],
+          roi: tuple[int, int] = (-1, -1), seed: int = 1) -> Model:
+    """Arrays for ``ncores`` cores; ``roi`` = addresses of the guest's ROI markers."""
+    line = cfg.llc.line_bytes
+    shapes: list[tuple[int, int, int, int]] = []
+    for name in ("l1i", "l1d", "l2"):
+        c = getattr(cfg, name)
+        sets = c.size_kib * 1024 // (c.ways * line)
+        shapes += [(sets, c.ways, caches.POLICIES[c.replacement], _ticks(c.latency))] * ncores
+    llc = cfg.llc
+    sets = llc.size_kib * 1024 // llc.slices // (llc.ways * line)
+    shapes += [(sets, llc.ways, caches.POLICIES[llc.replacement], _ticks(llc.latency))] * llc.slices
+    C = caches.allocate(shapes, seed)
+
+    hp = np.zeros(hierarchy.NHPARAMS, dtype=np.int64)
+    hp[hierarchy.H_NCORES] = ncores
+    hp[hierarchy.H_SLICE_BITS] = llc.slices.bit_length() - 1
+    hp[hierarchy.H_INCLUSIVE] = int(llc.inclusive)
+    hp[hierarchy.H_UPGRADE] = _ticks(cfg.coherence.upgrade_latency)
+    hp[hierarchy.H_TRANSFER] = _ticks(cfg.coherence.transfer_latency)
+    hp[hierarchy.H_LINE_SHIFT] = line.bit_length() - 1
+
+    Mm = _memory(cfg, ram)
+    cp = np.zeros(core.NCPARAMS, dtype=np.int64)
+    cp[core.C_CPI] = _ticks(cfg.core.base_cpi)
+    cp[core.C_ROB] = cfg.core.rob
+    cp[core.C_MLP] = cfg.core.mlp
+    cp[core.C_IO_LAT] = _ticks(cfg.core.io_latency)
+    cp[core.C_ROI_BEGIN], cp[core.C_ROI_END] = roi
+    K = core.allocate(ncores, cfg.core.rob, cfg.core.mlp, cp)
+    return Model(cfg, ncores, hierarchy.Hier(C, Mm, hp), K, ram)
+
+
+def _memory(cfg: Config, ram: list[tuple[int, int]]) -> memory.MemArrays:
+    line = cfg.llc.line_bytes
+    ctrl = []
+    # DRAM: one shared (half-duplex) bus per channel; the idle load-to-use
+    # latency is dram.latency_ns, of which the LLC lookup and the line
+    # transfer are charged separately
+    rd = cfg.line_transfer_cycles(cfg.dram.bandwidth_gbps)
+    wr = cfg.line_transfer_cycles(cfg.dram.write_bandwidth_gbps)
+    lat = cfg.ns_to_cycles(cfg.dram.latency_ns) - cfg.llc.latency - rd
+    for _ in range(cfg.dram.channels):
+        ctrl.append((memory.TIER_DRAM, _ticks(lat), _ticks(lat), _ticks(rd), _ticks(wr), 1))
+    # CXL: full-duplex link, reads and writes each limited by link and device
+    rd = cfg.line_transfer_cycles(cfg.cxl_read_gbps)
+    wr = cfg.line_transfer_cycles(cfg.cxl_write_gbps)
+    lat = cfg.ns_to_cycles(cfg.cxl_latency_ns) - cfg.llc.latency - rd
+    for _ in range(cfg.cxl.devices):
+        ctrl.append((memory.TIER_CXL, _ticks(lat), _ticks(lat), _ticks(rd), _ticks(wr), 0))
+    nctrl = len(ctrl)
+
+    mp = np.zeros(memory.NMPARAMS, dtype=np.int64)
+    mp[memory.P_DEFAULT_TIER] = {"dram": memory.TIER_DRAM, "cxl": memory.TIER_CXL,
+                                 "interleave": memory.DEFAULT_INTERLEAVE}[cfg.memory.default_tier]
+    mp[memory.P_W_DRAM], mp[memory.P_W_CXL] = cfg.memory.interleave_weights
+    mp[memory.P_IGRAN] = cfg.memory.interleave_bytes
+    mp[memory.P_LINE_BYTES] = line
+    mp[memory.P_NCTRL_DRAM] = cfg.dram.channels
+    mp[memory.P_NCTRL_CXL] = cfg.cxl.devices
+    mp[memory.P_CGRAN_DRAM] = cfg.dram.interleave_bytes
+    mp[memory.P_CGRAN_CXL] = cfg.cxl.interleave_bytes
+
+    ranges = np.array([(s, s + z, memory.TIER_DRAM if t == "dram" else memory.TIER_CXL)
+                       for s, z, t in cfg.memory.ranges], dtype=np.int64).reshape(-1, 3)
+    rows, first = [], 0
+    for start, size in ram:
+        rows.append((start, start + size, first))
+        first += (size + (1 << memory.PAGE_SHIFT) - 1) >> memory.PAGE_SHIFT
+    return memory.MemArrays(
+        params=mp,
+        ranges=ranges,
+        ram=np.array(rows, dtype=np.int64).reshape(-1, 3),
+        ctrl=np.array(ctrl, dtype=np.int64),
+        bin_id=np.full((nctrl, 2, memory.NBINS), -1, dtype=np.int64),
+        bin_used=np.zeros((nctrl, 2, memory.NBINS), dtype=np.int64),
+        ctrl_stats=np.zeros((nctrl, 2), dtype=np.int64),
+        tier_stats=np.zeros((2, memory.NTSTATS), dtype=np.int64),
+        hist=np.zeros((2, memory.HIST_BINS), dtype=np.int64),
+        pages=np.zeros((max(first, 1), 2), dtype=np.int64),
+    )
