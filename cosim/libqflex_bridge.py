@@ -78,6 +78,7 @@ class Report:
     partial_vcpu: int = -1      # on exit: vCPU interrupted mid-turn
     partial_insns: int = 0      # ... and the instructions it ran
     turn_list: list[Turn] = field(default_factory=list)
+    partial_records: np.ndarray | None = None   # on exit: the interrupted turn's trace
 
 
 @dataclass
@@ -336,6 +337,9 @@ class Bridge:
             last.records = turns[-1].records
         if exited:
             self._exited = True
+            if self._carry:
+                report.partial_records = np.concatenate(self._carry)
+                self._carry = []
             self.digest.turn(report.partial_vcpu, 0, report.partial_insns, False)
             self.exit_code = self._wait_exit()
         return report

@@ -317,12 +317,15 @@ def show(cfg: Config, title: str) -> str:
         for f in fields(part):
             value = plain[sec][f.name]
             if f.name == "ranges":
-                arr = tomlkit.aot()
-                for r in value:
-                    arr.append(tomlkit.item(r))
-                table.add(f.name, arr)
+                table.add(tomlkit.comment(f.metadata["doc"]))
+                if value:
+                    arr = tomlkit.aot()
+                    for r in value:
+                        arr.append(tomlkit.item(r))
+                    table.add(f.name, arr)
             else:
-                table.add(f.name, value)
-            table[f.name].comment(f.metadata["doc"])
+                item = tomlkit.item(value)
+                item.comment(f.metadata["doc"])
+                table.add(f.name, item)
         doc.add(sec, table)
     return tomlkit.dumps(doc)

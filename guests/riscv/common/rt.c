@@ -385,3 +385,17 @@ uint64_t sum_over_harts(int hart, uint64_t mine)
         sum += partial[h];
     return sum;
 }
+
+/* ---- region of interest (see rt.h) ------------------------------------ */
+volatile uint64_t cosim_roi_begin ALIGNED(CACHE_LINE);
+volatile uint64_t cosim_roi_end ALIGNED(CACHE_LINE);
+
+void roi_begin(void)
+{
+    cosim_roi_begin = (uint64_t)rt_hartid();
+}
+
+void roi_end(void)
+{
+    cosim_roi_end = (uint64_t)rt_hartid();
+}

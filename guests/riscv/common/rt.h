@@ -61,6 +61,13 @@ NORETURN void fail(const char *msg);   /* prints "FAIL <msg>", exit 1 */
  * if the layout must not depend on the interleaving. */
 void *rt_alloc(size_t bytes, size_t align);
 
+/* ---- region of interest ----------------------------------------------- */
+/* Each hart marks where its measured work starts and ends, like gem5's
+ * m5 work_begin/work_end: the timing model sees the store to the ELF
+ * symbol cosim_roi_begin / cosim_roi_end and reports the cycles between. */
+void roi_begin(void);
+void roi_end(void);
+
 /* ---- synchronisation -------------------------------------------------- */
 void barrier(void);               /* all rt_nharts harts */
 /* Every hart passes its value; after a barrier, returns the sum of all

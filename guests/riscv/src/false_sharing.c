@@ -41,8 +41,10 @@ int main(int hart, int nharts)
     barrier();
 
     volatile uint64_t *c = ctr(hart);
+    roi_begin();
     for (uint64_t i = 0; i < N; i++)
         *c = *c + 1;
+    roi_end();
     barrier();
     if (hart != 0)
         return 0;

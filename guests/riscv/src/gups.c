@@ -48,10 +48,12 @@ int main(int hart, int nharts)
 
     const uint64_t mask = ENTRIES - 1;
     uint64_t x = hart_seed(hart, 0x6775707300000000ull);
+    roi_begin();
     for (uint64_t k = 0; k < UPDATES; k++) {
         lcg_next(&x);
         T[(x >> 20) & mask] ^= x;
     }
+    roi_end();
     barrier();
 
     uint64_t sum = 0;

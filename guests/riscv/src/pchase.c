@@ -92,7 +92,9 @@ int main(int hart, int nharts)
 
     struct node *ring = rings[hart];
     build_ring(ring, hart_seed(hart, 0x7063686173650000ull));
+    roi_begin();
     struct node *p = chase(ring, ITERS, &path_sum[hart]);
+    roi_end();
     final_idx[hart] = (uint64_t)(p - ring);
 
     if (chasers > 1)

@@ -57,6 +57,7 @@ int main(int hart, int nharts)
     barrier();
 
     const double s = 3.0;
+    roi_begin();
     for (uint64_t r = 0; r < REPS; r++) {
         if (r & 1)
             triad(B, A, C, s, lo, hi);
@@ -64,6 +65,7 @@ int main(int hart, int nharts)
             triad(A, B, C, s, lo, hi);
         barrier();
     }
+    roi_end();
 
     const uint64_t *res = (const uint64_t *)((REPS & 1) ? A : B);
     uint64_t sum = 0;

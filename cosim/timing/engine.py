@@ -1,0 +1,106 @@
+"""Simulated time decides which vCPU runs next.
+
+One SimPy environment; each vCPU is a core process. A core process asks the
+bridge for one quantum of its vCPU (a caller-directed step), feeds the
+turn's trace to the compiled core model, and sleeps for the simulated time
+that took. SimPy wakes processes in time order, so the vCPU with the
+smallest local time runs next (ties go to the lower vCPU id): the
+functional interleaving follows simulated time within one quantum.
+
+A vCPU that halts (WFI) is idle, not busy: it sleeps for one quantum's
+worth of base time and is stepped again, which bounds how late it sees an
+interrupt raised by another core to one quantum.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generator
+
+import numpy as np
+import simpy
+
+from .. import quantum
+from ..libqflex_bridge import Bridge, Report
+from ..trace import RECORD_DTYPE
+from . import core
+from .memory import TICKS_PER_CYCLE
+from .state import Model
+
+
+_NO_RECORDS = np.empty(0, dtype=RECORD_DTYPE)
+
+
+class _Wake(simpy.Event):
+    """A timeout ordered by (time, vCPU id) rather than by creation."""
+
+    def __init__(self, env: simpy.Environment, delay: int, vcpu: int) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, priority=simpy.core.NORMAL + vcpu, delay=delay)
+
+
+class TimingRun:
+    """Drive a bridge in trace mode under the timing model until exit or a limit."""
+
+    def __init__(self, bridge: Bridge, schedule: quantum.Schedule, model: Model,
+                 max_insns: int | None = None,
+                 on_report: Callable[[Report], None] | None = None) -> None:
+        self.bridge = bridge
+        self.schedule = schedule
+        self.model = model
+        self.max_insns = max_insns
+        self.on_report = on_report
+        self.quantum = bridge.config.quantum
+        self.idle_ticks = self.quantum * int(model.K.params[core.C_CPI])
+        self.max_time_skew = 0
+        self._finished = False
+
+    def run(self) -> None:
+        env = simpy.Environment()
+        self._done = env.event()
+        for v in range(self.model.ncores):
+            env.process(self._core(env, v))
+        env.run(until=self._done)
+
+    def _feed(self, vcpu: int, records: np.ndarray | None, executed: int) -> int:
+        """Run the core model over one turn's records; returns its ticks."""
+        if records is None:
+            records = _NO_RECORDS
+        return core.run_turn(self.model.K, self.model.H, vcpu, records["addr"].view(np.int64),
+                             records["idx"], records["kind"], records["flags"], executed)
+
+    def _core(self, env: simpy.Environment, v: int) -> Generator:
+        sched = self.schedule
+        scal = self.model.K.scal
+        while not self._finished:
+            n = self.quantum
+            if self.max_insns is not None:
+                n = min(n, self.max_insns - sched.total)
+            report = quantum.step(self.bridge, sched, v, n)
+            ticks = 0
+            halted = False
+            for turn in report.turn_list:
+                ticks += self._feed(turn.vcpu, turn.records, turn.executed)
+                halted = turn.halted
+            if report.exited and report.partial_vcpu >= 0:
+                ticks += self._feed(report.partial_vcpu, report.partial_records,
+                                    report.partial_insns)
+            if self.on_report is not None:
+                self.on_report(report)
+            times = scal[:, core.T_TIME]
+            self.max_time_skew = max(self.max_time_skew, int(times.max() - times.min()))
+            if report.exited or (self.max_insns is not None and sched.total >= self.max_insns):
+                self._finished = True
+                self._done.succeed()
+                return
+            if halted:
+                scal[v, core.T_IDLE] += self.idle_ticks
+                scal[v, core.T_TIME] += self.idle_ticks
+                ticks += self.idle_ticks
+            yield _Wake(env, ticks, v)
+
+    @property
+    def cycles(self) -> int:
+        """Simulated cycles of the run: the latest core's local time."""
+        return int(self.model.K.scal[:, core.T_TIME].max()) // TICKS_PER_CYCLE
