@@ -34,8 +34,8 @@ class CoreConfig:
                         "(4-wide, Sniper's Nehalem model)")
     rob: int = F(256, 1, 4096, "reorder buffer entries: a miss stalls dispatch this many "
                  "instructions later (Skylake 224, Golden Cove 512)")
-    mlp: int = F(16, 1, 256, "outstanding L1D misses per core (MSHRs / line fill buffers: "
-                 "Skylake 12, Golden Cove 16)")
+    mlp: int = F(32, 1, 256, "outstanding misses per core (L2 miss queue, which prefetchers "
+                 "keep full on streams: Skylake 32, Golden Cove 48)")
     io_latency: int = F(100, 0, 100000, "cycles per uncached device (MMIO) access")
 
 

@@ -71,12 +71,14 @@ def _memory(cfg: Config, ram: list[tuple[int, int]]) -> memory.MemArrays:
     lat = cfg.ns_to_cycles(cfg.dram.latency_ns) - cfg.llc.latency - rd
     for _ in range(cfg.dram.channels):
         ctrl.append((memory.TIER_DRAM, _ticks(lat), _ticks(lat), _ticks(rd), _ticks(wr), 1))
-    # CXL: full-duplex link, reads and writes each limited by link and device
+    # CXL: the link is full duplex, but the device media behind it (one DDR
+    # channel on measured type-3 ASICs) is shared by reads and writes, each
+    # also limited by the link
     rd = cfg.line_transfer_cycles(cfg.cxl_read_gbps)
     wr = cfg.line_transfer_cycles(cfg.cxl_write_gbps)
     lat = cfg.ns_to_cycles(cfg.cxl_latency_ns) - cfg.llc.latency - rd
     for _ in range(cfg.cxl.devices):
-        ctrl.append((memory.TIER_CXL, _ticks(lat), _ticks(lat), _ticks(rd), _ticks(wr), 0))
+        ctrl.append((memory.TIER_CXL, _ticks(lat), _ticks(lat), _ticks(rd), _ticks(wr), 1))
     nctrl = len(ctrl)
 
     mp = np.zeros(memory.NMPARAMS, dtype=np.int64)
