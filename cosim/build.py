@@ -156,10 +156,9 @@ def ensure_guests() -> None:
 
 
 def guest_elf(name: str) -> Path:
-    """Path of a guest ELF, building it (for example a parameterised variant) if missing."""
+    """Path of a guest ELF, (re)built by make when missing or older than its sources."""
     path = paths.GUEST_BUILD / f"{name}.elf"
-    if not path.is_file():
-        _run(["make", "-C", str(paths.GUEST_DIR), f"build/{name}.elf"])
+    _run(["make", "-s", "-C", str(paths.GUEST_DIR), f"build/{name}.elf"])
     return path
 
 

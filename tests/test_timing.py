@@ -87,8 +87,6 @@ def test_false_sharing_costs_invalidations() -> None:
     padded = timing("--kernel", "false_sharing_padded-n20000", *args)["timing"]
     inval = lambda t: sum(c["invalidations"] for c in t["caches"])  # noqa: E731
     assert inval(shared) > 20 * max(inval(padded), 1)
-    assert sum(c["cpi_stack"]["coherence"] for c in shared["cores"]) > 0
-    assert sum(c["cpi_stack"]["coherence"] for c in padded["cores"]) == 0
 
 
 def full_timing_json(kernel: str) -> str:
