@@ -55,3 +55,12 @@ def qemu_pids() -> set[int]:
     pattern = f"^{paths.cache_root()}/[^ ]*/build/qemu-system-"
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
+
+
+@pytest.fixture
+def other_core_busy():
+    """A process that keeps the second core busy for the test's duration."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    yield
+    hog.kill()
+    hog.wait()

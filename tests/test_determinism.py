@@ -30,13 +30,6 @@ def test_ten_runs_identical(kernel: str) -> None:
         assert fingerprint(cosim_json(*args)) == fingerprint(first)
 
 
-@pytest.fixture
-def other_core_busy():
-    """A process that keeps the second core busy for the test's duration."""
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    yield
-    hog.kill()
-    hog.wait()
 
 
 @pytest.mark.parametrize("kernel", GUESTS)

@@ -94,12 +94,6 @@ def full_timing_json(kernel: str) -> str:
     return json.dumps(doc["timing"], sort_keys=True)
 
 
-@pytest.fixture
-def other_core_busy():
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    yield
-    hog.kill()
-    hog.wait()
 
 
 def test_full_stats_identical_over_five_runs() -> None:
