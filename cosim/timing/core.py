@@ -169,9 +169,8 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
             ldhead = (ldhead + 1) % LD_RING
             K.ld_done[c, ldhead] = done
             if done > now + l1d_lat:
-                if count == rob:        # cannot happen: entries are < rob apart
-                    head = (head + 1) % rob
-                    count -= 1
+                # entries older than rob instructions were retired above, so
+                # at most rob - 1 remain and the ring has room
                 tail = (head + count) % rob
                 K.fifo_idx[c, tail] = ai
                 K.fifo_done[c, tail] = done

@@ -23,6 +23,13 @@ def write_plots(doc: dict, out: Path) -> list[Path]:
     return written
 
 
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _cpi_stacks(doc: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     cores = doc["cores"]
@@ -36,10 +43,7 @@ def _cpi_stacks(doc: dict, path: Path) -> Path:
     ax.set_ylabel("cycles per instruction")
     ax.set_title("CPI stack")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _latency(doc: dict, path: Path) -> Path:
@@ -53,10 +57,7 @@ def _latency(doc: dict, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_title("Memory read latency distribution")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _hot_pages(doc: dict, path: Path) -> Path:
@@ -73,7 +74,4 @@ def _hot_pages(doc: dict, path: Path) -> Path:
     ax.set_title("Hottest 4 KiB pages")
     ax.invert_yaxis()
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
