@@ -24,9 +24,9 @@ G_OFFSET, G_SETS, G_WAYS, G_POLICY, G_LATENCY = range(5)
 NGEOM = 5
 
 # columns of stats
-CS_ACCESSES, CS_MISSES, CS_WRITEBACKS, CS_INVALIDATIONS, CS_DOWNGRADES = range(5)
-NCSTATS = 5
-CSTAT_NAMES = ("accesses", "misses", "writebacks", "invalidations", "downgrades")
+CS_ACCESSES, CS_MISSES, CS_WRITEBACKS, CS_INVALIDATIONS, CS_DOWNGRADES, CS_PREFETCHES = range(6)
+NCSTATS = 6
+CSTAT_NAMES = ("accesses", "misses", "writebacks", "invalidations", "downgrades", "prefetches")
 
 
 class CacheArrays(NamedTuple):
@@ -35,6 +35,8 @@ class CacheArrays(NamedTuple):
     tags: np.ndarray     # int64[lines]: line address
     state: np.ndarray    # int8[lines]: I/S/E/M
     stamp: np.ndarray    # int64[lines]: LRU last use / FIFO insertion
+    ready: np.ndarray    # int64[lines]: time the fill completes (in-flight lines)
+    src: np.ndarray      # int8[lines]: hierarchy level that served the fill
     geom: np.ndarray     # int64[ncaches, NGEOM]
     stats: np.ndarray    # int64[ncaches, NCSTATS]
     rng: np.ndarray      # uint64[ncaches]: xorshift state for random replacement
@@ -54,6 +56,8 @@ def allocate(shapes: list[tuple[int, int, int, int]], seed: int) -> CacheArrays:
         tags=np.full(offset, -1, dtype=np.int64),
         state=np.zeros(offset, dtype=np.int8),
         stamp=np.zeros(offset, dtype=np.int64),
+        ready=np.zeros(offset, dtype=np.int64),
+        src=np.zeros(offset, dtype=np.int8),
         geom=geom,
         stats=np.zeros((len(shapes), NCSTATS), dtype=np.int64),
         rng=rng,
@@ -109,9 +113,17 @@ def victim(C: CacheArrays, cid: int, key: int) -> int:
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def install(C: CacheArrays, j: int, line: int, state: int) -> None:
-    """Put ``line`` in slot ``j`` (the caller has dealt with the old line)."""
+def install(C: CacheArrays, j: int, line: int, state: int, ready: int, src: int) -> None:
+    """Put ``line`` in slot ``j`` (the caller has dealt with the old line).
+
+    ``ready`` is when the data arrives and ``src`` the level it comes from:
+    an access that finds the line still in flight (a second miss to the
+    same line, or a prefetch not yet complete) waits for it and is charged
+    to that level, as an MSHR merge would be.
+    """
     C.tags[j] = line
     C.state[j] = state
+    C.ready[j] = ready
+    C.src[j] = src
     C.clock[0] += 1
     C.stamp[j] = C.clock[0]

@@ -36,6 +36,8 @@ class CoreConfig:
                  "instructions later (Skylake 224, Golden Cove 512)")
     mlp: int = F(32, 1, 256, "outstanding misses per core (L2 miss queue, which prefetchers "
                  "keep full on streams: Skylake 32, Golden Cove 48)")
+    store_buffer: int = F(56, 1, 1024, "store buffer entries; stores leave it in program "
+                          "order (Skylake 56, Golden Cove 114)")
     io_latency: int = F(100, 0, 100000, "cycles per uncached device (MMIO) access")
 
 
@@ -45,6 +47,13 @@ class CacheConfig:
     ways: int = F(8, 1, 64, "associativity")
     latency: int = F(4, 1, 1000, "load-to-use cycles of a hit")
     replacement: str = F("lru", doc="replacement policy", choices=("lru", "fifo", "random"))
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    distance: int = F(20, 0, 64, "L2 stream prefetcher: lines ahead of the demand, within "
+                      "the page; 0 turns it off (Intel optimization manual: up to 20)")
+    streams: int = F(32, 1, 256, "streams tracked per core (Intel L2 streamer: 32)")
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class Config:
     l1i: CacheConfig = field(default_factory=CacheConfig)
     l1d: CacheConfig = field(default_factory=CacheConfig)
     l2: CacheConfig = field(default_factory=lambda: CacheConfig(1024, 16, 14, "lru"))
+    prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
     llc: LlcConfig = field(default_factory=LlcConfig)
     coherence: CoherenceConfig = field(default_factory=CoherenceConfig)
     dram: DramConfig = field(default_factory=DramConfig)

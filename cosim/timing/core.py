@@ -7,8 +7,14 @@ dispatch only when it reaches the head of a full reorder buffer (``rob``
 instructions later), so independent misses overlap. A load whose address
 came from an earlier load (the plugin's dependence flag) cannot issue
 before that load completes, so pointer chases serialise. Stores retire
-into the store buffer: their misses take MSHRs and bandwidth but do not
-stall. Instruction fetch misses stall the front end for their latency.
+into the store buffer (``store_buffer`` entries) and leave it in program
+order, as on a TSO machine: a store's miss takes an MSHR and bandwidth,
+later stores wait behind it, and dispatch stalls only when the buffer is
+full. That is what makes a line bouncing between cores (false sharing)
+cost time: each store has to win the line back before the next can
+leave. An access that hits a line still in flight (a second miss to it,
+or a prefetch not yet arrived) waits for its data. Instruction fetch
+misses stall the front end for their latency.
 
 Stall cycles are charged to the level that served the blocking access,
 which gives the CPI stack. All times are ticks (``TICKS_PER_CYCLE``).
@@ -39,11 +45,12 @@ LEVEL_CAT = np.array([CAT_L1D, CAT_L2, CAT_LLC, CAT_COHERENCE, CAT_DRAM, CAT_CXL
 # per-core scalars
 T_TIME, T_INSNS, T_HEAD, T_COUNT, T_LDHEAD, T_IDLE, T_LOADS, T_STORES, T_FETCHES = range(9)
 T_IO, T_BUSY = 9, 10
-NSCAL = 11
+T_SBHEAD, T_SBCOUNT, T_SBLAST, T_SBLAST_CAT = 11, 12, 13, 14
+NSCAL = 15
 
 # core params
-C_CPI, C_ROB, C_MLP, C_IO_LAT, C_ROI_BEGIN, C_ROI_END = range(6)
-NCPARAMS = 6
+C_CPI, C_ROB, C_MLP, C_IO_LAT, C_ROI_BEGIN, C_ROI_END, C_SB = range(7)
+NCPARAMS = 7
 
 LD_RING = 8     # completion times of the last loads (dependence distance <= 7)
 
@@ -61,12 +68,15 @@ class CoreArrays(NamedTuple):
     fifo_done: np.ndarray   # int64[ncores, rob]: its completion time
     fifo_cat: np.ndarray    # int64[ncores, rob]: its CPI category
     mshr: np.ndarray        # int64[ncores, mlp]: completion time of each MSHR
+    sb_done: np.ndarray     # int64[ncores, store_buffer]: when each store leaves
+    sb_cat: np.ndarray      # int64[ncores, store_buffer]: its CPI category
     ld_done: np.ndarray     # int64[ncores, LD_RING]
     cpi: np.ndarray         # int64[ncores, NCATS]: ticks per category
     roi: np.ndarray         # int64[ncores, 2, NROI]: begin / end snapshots
 
 
-def allocate(ncores: int, rob: int, mlp: int, params: np.ndarray) -> CoreArrays:
+def allocate(ncores: int, rob: int, mlp: int, store_buffer: int,
+             params: np.ndarray) -> CoreArrays:
     return CoreArrays(
         params=params,
         scal=np.zeros((ncores, NSCAL), dtype=np.int64),
@@ -74,6 +84,8 @@ def allocate(ncores: int, rob: int, mlp: int, params: np.ndarray) -> CoreArrays:
         fifo_done=np.zeros((ncores, rob), dtype=np.int64),
         fifo_cat=np.zeros((ncores, rob), dtype=np.int64),
         mshr=np.zeros((ncores, mlp), dtype=np.int64),
+        sb_done=np.zeros((ncores, store_buffer), dtype=np.int64),
+        sb_cat=np.zeros((ncores, store_buffer), dtype=np.int64),
         ld_done=np.zeros((ncores, LD_RING), dtype=np.int64),
         cpi=np.zeros((ncores, NCATS), dtype=np.int64),
         roi=np.zeros((ncores, 2, NROI), dtype=np.int64),
@@ -109,6 +121,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
     p = K.params
     cpi = p[C_CPI]
     rob = p[C_ROB]
+    sbsize = p[C_SB]
     shift = H.hp[hierarchy.H_LINE_SHIFT]
     n = H.hp[hierarchy.H_NCORES]
     l1d_lat = H.C.geom[n + c, G_LATENCY]
@@ -119,6 +132,11 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
     head = sc[c, T_HEAD]
     count = sc[c, T_COUNT]
     ldhead = sc[c, T_LDHEAD]
+    sbhead = sc[c, T_SBHEAD]
+    sbcount = sc[c, T_SBCOUNT]
+    sblast = sc[c, T_SBLAST]
+    sblast_cat = sc[c, T_SBLAST_CAT]
+    C = H.C
     stall = 0
     for r in range(addr.shape[0]):
         i = idx[r]
@@ -144,7 +162,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
         line = a >> shift
         if k == KIND_IFETCH:
             sc[c, T_FETCHES] += 1
-            if not hierarchy.l1_hit(H, c, line, False, True):
+            if hierarchy.l1_hit(H, c, line, False, True) < 0:
                 lat, level = hierarchy.access(H, c, line, False, True, now)
                 if lat > l1i_lat:
                     K.cpi[c, CAT_L1I] += lat - l1i_lat
@@ -157,9 +175,13 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
                 producer = K.ld_done[c, (ldhead - (dep - 1)) % LD_RING]
                 if producer > issue:
                     issue = producer
-            if hierarchy.l1_hit(H, c, line, False, False):
+            j = hierarchy.l1_hit(H, c, line, False, False)
+            if j >= 0:
                 done = issue + l1d_lat
                 cat = CAT_L1D
+                if C.ready[j] > done:
+                    done = C.ready[j]
+                    cat = LEVEL_CAT[C.src[j]]
             else:
                 slot, issue = _take_mshr(K, c, issue)
                 lat, level = hierarchy.access(H, c, line, False, False, issue)
@@ -182,10 +204,41 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
                 _roi_mark(K, H, c, 0, now, ai)
             elif p[C_ROI_END] == a:
                 _roi_mark(K, H, c, 1, now, ai)
-            if not hierarchy.l1_hit(H, c, line, True, False):
+            # stores that have left the buffer free their entries; a full
+            # buffer stalls dispatch until its oldest store leaves
+            while sbcount > 0 and K.sb_done[c, sbhead] <= now:
+                sbhead = (sbhead + 1) % sbsize
+                sbcount -= 1
+            if sbcount == sbsize:
+                done = K.sb_done[c, sbhead]
+                K.cpi[c, K.sb_cat[c, sbhead]] += done - now
+                stall += done - now
+                now = done
+                sbhead = (sbhead + 1) % sbsize
+                sbcount -= 1
+            j = hierarchy.l1_hit(H, c, line, True, False)
+            if j >= 0:
+                done = now
+                cat = CAT_L1D
+                if C.ready[j] > done:
+                    done = C.ready[j]
+                    cat = LEVEL_CAT[C.src[j]]
+            else:
                 slot, issue = _take_mshr(K, c, now)
                 lat, level = hierarchy.access(H, c, line, True, False, issue)
-                K.mshr[c, slot] = issue + lat
+                done = issue + lat
+                K.mshr[c, slot] = done
+                cat = LEVEL_CAT[level]
+            if done < sblast:
+                # in program order: it leaves after the store ahead of it
+                done = sblast
+                cat = sblast_cat
+            if done > now:
+                K.sb_done[c, (sbhead + sbcount) % sbsize] = done
+                K.sb_cat[c, (sbhead + sbcount) % sbsize] = cat
+                sbcount += 1
+                sblast = done
+                sblast_cat = cat
     ticks = executed * cpi + stall
     K.cpi[c, CAT_BASE] += executed * cpi
     sc[c, T_TIME] = base + ticks
@@ -194,4 +247,8 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
     sc[c, T_HEAD] = head
     sc[c, T_COUNT] = count
     sc[c, T_LDHEAD] = ldhead
+    sc[c, T_SBHEAD] = sbhead
+    sc[c, T_SBCOUNT] = sbcount
+    sc[c, T_SBLAST] = sblast
+    sc[c, T_SBLAST_CAT] = sblast_cat
     return ticks

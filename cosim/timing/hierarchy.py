@@ -7,6 +7,21 @@ the core's MESI state, mirrored in the L1s; other cores are snooped at
 their L2 on an L2 miss (a snoop filter would give the same answers).
 Dirty lines are written back to the LLC; LLC victims are written to memory,
 and in an inclusive LLC they are first invalidated in every private cache.
+
+Each core's L2 has a stream prefetcher (the L2 "streamer" of Intel's
+optimization manual): L1D misses to ascending lines train a table of
+streams, and a trained stream keeps the L2 filled up to ``distance``
+lines ahead of the demand, within the 4 KiB page. A prefetched line is
+in the L2 at once but its data arrive only when memory delivers them
+(``CacheArrays.ready``), so a demand that catches up with the prefetch
+waits for the rest and memory bandwidth, not the reorder buffer, limits
+streaming. Prefetches skip lines another core holds.
+
+A line changes owner one transfer at a time: a small table keeps, per
+line, when its last cache-to-cache transfer or upgrade completes, and the
+next one starts no earlier. Cores run a quantum each in simulated-time
+order, so without it a line bouncing between cores (false sharing) would
+be in every cache at once, each paying one unqueued transfer.
 """
 
 from __future__ import annotations
@@ -17,8 +32,9 @@ import numpy as np
 from numba import njit
 
 from . import memory
-from .caches import (CS_ACCESSES, CS_DOWNGRADES, CS_INVALIDATIONS, CS_MISSES, CS_WRITEBACKS,
-                     G_LATENCY, E, I, M, S, CacheArrays, find, install, touch, victim)
+from .caches import (CS_ACCESSES, CS_DOWNGRADES, CS_INVALIDATIONS, CS_MISSES, CS_PREFETCHES,
+                     CS_WRITEBACKS, G_LATENCY, E, I, M, S, CacheArrays, find, install, touch,
+                     victim)
 from .memory import MemArrays
 
 # where an access was served (also the CPI-stack category of its stall)
@@ -26,7 +42,14 @@ LVL_L1, LVL_L2, LVL_LLC, LVL_COHERENCE, LVL_DRAM, LVL_CXL = range(6)
 
 # hierarchy params
 H_NCORES, H_SLICE_BITS, H_INCLUSIVE, H_UPGRADE, H_TRANSFER, H_LINE_SHIFT = range(6)
-NHPARAMS = 6
+H_PF_DISTANCE, H_PF_STREAMS = 6, 7
+NHPARAMS = 8
+
+# columns of the prefetcher's stream table
+PF_LAST, PF_NEXT, PF_STAMP = range(3)
+PF_WINDOW = 4           # a miss this many lines above a stream's last one continues it
+PAGE_SHIFT = 12         # prefetches stay within the trigger's 4 KiB page
+OWN_SLOTS = 4096        # lines tracked for ownership transfers (direct mapped)
 
 
 class Hier(NamedTuple):
@@ -35,6 +58,21 @@ class Hier(NamedTuple):
     C: CacheArrays
     Mm: MemArrays
     hp: np.ndarray      # int64[NHPARAMS]
+    pf: np.ndarray      # int64[ncores, streams, 3]: the L2 prefetchers' stream tables
+    own: np.ndarray     # int64[OWN_SLOTS, 2]: line, time its last ownership change ends
+
+
+def allocate_streams(ncores: int, streams: int) -> np.ndarray:
+    """Empty stream tables (a last line no miss can be near)."""
+    pf = np.zeros((ncores, max(streams, 1), 3), dtype=np.int64)
+    pf[:, :, PF_LAST] = -(1 << 62)
+    return pf
+
+
+def allocate_ownership() -> np.ndarray:
+    own = np.zeros((OWN_SLOTS, 2), dtype=np.int64)
+    own[:, 0] = -1
+    return own
 
 
 @njit(_nrt=False, cache=True, inline="always")
@@ -71,6 +109,21 @@ def _set_private_state(H: Hier, core: int, line: int, state: int) -> None:
 
 
 @njit(_nrt=False, cache=True, inline="always")
+def _ownership(H: Hier, line: int, t: int, cost: int) -> int:
+    """Latency of an ownership change of ``line`` at ``t`` taking ``cost`` ticks.
+
+    It waits for the line's previous change to finish (see module docstring).
+    """
+    k = line & (OWN_SLOTS - 1)
+    start = t
+    if H.own[k, 0] == line and H.own[k, 1] > t:
+        start = H.own[k, 1]
+    H.own[k, 0] = line
+    H.own[k, 1] = start + cost
+    return start + cost - t
+
+
+@njit(_nrt=False, cache=True, inline="always")
 def _memory_write(H: Hier, line: int, t: int) -> None:
     memory.access(H.Mm, line << H.hp[H_LINE_SHIFT], True, t)
 
@@ -94,7 +147,7 @@ def _llc_fill(H: Hier, line: int, state: int, t: int) -> None:
         if dirty:
             C.stats[cid, CS_WRITEBACKS] += 1
             _memory_write(H, old, t)
-    install(C, j, line, state)
+    install(C, j, line, state, t, LVL_LLC)
 
 
 @njit(_nrt=False, cache=True, inline="always")
@@ -111,15 +164,15 @@ def _llc_write(H: Hier, line: int, t: int) -> None:
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def _fill_l1(H: Hier, cid: int, line: int, state: int) -> None:
+def _fill_l1(H: Hier, cid: int, line: int, state: int, ready: int, src: int) -> None:
     """Fill an L1; its victim needs no write-back (the inclusive L2 mirrors it)."""
     C = H.C
     j = victim(C, cid, line)
-    install(C, j, line, state)
+    install(C, j, line, state, ready, src)
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def _fill_l2(H: Hier, core: int, line: int, state: int, t: int) -> None:
+def _fill_l2(H: Hier, core: int, line: int, state: int, t: int, ready: int, src: int) -> None:
     """Fill the core's L2; its victim leaves the core's L1s too (inclusion)."""
     C = H.C
     n = H.hp[H_NCORES]
@@ -130,7 +183,7 @@ def _fill_l2(H: Hier, core: int, line: int, state: int, t: int) -> None:
         if _drop_private(H, core, old) == M:
             C.stats[cid, CS_WRITEBACKS] += 1
             _llc_write(H, old, t)
-    install(C, j, line, state)
+    install(C, j, line, state, ready, src)
 
 
 @njit(_nrt=False, cache=True, inline="always")
@@ -150,54 +203,119 @@ def _invalidate_others(H: Hier, core: int, line: int, t: int) -> bool:
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool) -> bool:
-    """Fast path: a read hit, or a write hit on an owned line, in the L1."""
+def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool) -> int:
+    """Fast path: a read hit, or a write hit on an owned line, in the L1.
+
+    Returns the slot (its ``ready`` time says whether the data are still in
+    flight), or -1 when ``access`` must serve it.
+    """
     C = H.C
     n = H.hp[H_NCORES]
     cid = core if ifetch else n + core
     j = find(C, cid, line, line)
     if j < 0:
-        return False
+        return -1
     if write:
         if C.state[j] < E:
-            return False
+            return -1
         if C.state[j] == E:
             _set_private_state(H, core, line, M)
     C.stats[cid, CS_ACCESSES] += 1
     touch(C, cid, j)
-    return True
+    return j
 
 
-@njit(_nrt=False, cache=True, inline="never")
-def access(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int) -> tuple:
-    """Serve an access that the L1 fast path did not; returns (latency ticks, level)."""
+@njit(_nrt=False, cache=True, inline="always")
+def _prefetch_line(H: Hier, core: int, line: int, t: int) -> None:
+    """Bring ``line`` into the core's L2 (and the LLC) unless a cache already has it."""
+    C = H.C
+    hp = H.hp
+    n = hp[H_NCORES]
+    for o in range(n):
+        if find(C, 2 * n + o, line, line) >= 0:
+            return
+    llc, key = _llc(H, line)
+    llc_lat = C.geom[llc, G_LATENCY]
+    j3 = find(C, llc, key, line)
+    if j3 >= 0:
+        touch(C, llc, j3)
+        lat, level = llc_lat, LVL_LLC
+    else:
+        mlat, tier = memory.access(H.Mm, line << hp[H_LINE_SHIFT], False, t + llc_lat)
+        lat = llc_lat + mlat
+        level = LVL_DRAM if tier == memory.TIER_DRAM else LVL_CXL
+        _llc_fill(H, line, S, t + lat)
+    C.stats[2 * n + core, CS_PREFETCHES] += 1
+    _fill_l2(H, core, line, E, t, t + lat, level)
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def _prefetch(H: Hier, core: int, line: int, t: int) -> None:
+    """Train the core's stream table on an L1D miss and run trained streams ahead."""
+    pf = H.pf
+    streams = H.hp[H_PF_STREAMS]
+    H.C.clock[0] += 1
+    s = -1
+    for k in range(streams):
+        d = line - pf[core, k, PF_LAST]
+        if 0 < d <= PF_WINDOW:
+            s = k
+            break
+    if s < 0:
+        # a new stream replaces the least recently used one; it prefetches
+        # from its second miss on
+        s = 0
+        for k in range(1, streams):
+            if pf[core, k, PF_STAMP] < pf[core, s, PF_STAMP]:
+                s = k
+        pf[core, s, PF_LAST] = line
+        pf[core, s, PF_NEXT] = line + 1
+        pf[core, s, PF_STAMP] = H.C.clock[0]
+        return
+    pf[core, s, PF_LAST] = line
+    pf[core, s, PF_STAMP] = H.C.clock[0]
+    page_lines = PAGE_SHIFT - H.hp[H_LINE_SHIFT]
+    end = line + H.hp[H_PF_DISTANCE]
+    page_end = ((line >> page_lines) + 1) << page_lines
+    if end >= page_end:
+        end = page_end - 1
+    p = pf[core, s, PF_NEXT]
+    if p <= line:
+        p = line + 1
+    while p <= end:
+        _prefetch_line(H, core, p, t)
+        p += 1
+    if p > pf[core, s, PF_NEXT]:
+        pf[core, s, PF_NEXT] = p
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def _serve_miss(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int) -> tuple:
+    """An L1 miss: the L2, the other cores, the LLC, memory; (latency ticks, level)."""
     C = H.C
     hp = H.hp
     n = hp[H_NCORES]
     l1 = core if ifetch else n + core
     l2 = 2 * n + core
-    C.stats[l1, CS_ACCESSES] += 1
-    j1 = find(C, l1, line, line)
-    if j1 >= 0:
-        # a write to a line held shared: upgrade, invalidating the other copies
-        _invalidate_others(H, core, line, t)
-        _set_private_state(H, core, line, M)
-        touch(C, l1, j1)
-        return hp[H_UPGRADE], LVL_COHERENCE
     C.stats[l1, CS_MISSES] += 1
     C.stats[l2, CS_ACCESSES] += 1
     j2 = find(C, l2, line, line)
     if j2 >= 0:
         touch(C, l2, j2)
+        lat, level = C.geom[l2, G_LATENCY], LVL_L2
+        if C.ready[j2] - t > lat:
+            # still in flight (a prefetch the demand caught up with)
+            lat, level = C.ready[j2] - t, C.src[j2]
         if write and C.state[j2] == S:
             _invalidate_others(H, core, line, t)
             C.state[j2] = M
-            _fill_l1(H, l1, line, M)
-            return hp[H_UPGRADE], LVL_COHERENCE
+            lat = _ownership(H, line, t + lat, hp[H_UPGRADE]) + lat
+            _fill_l1(H, l1, line, M, t + lat, LVL_COHERENCE)
+            return lat, LVL_COHERENCE
         if write:
             C.state[j2] = M
-        _fill_l1(H, l1, line, C.state[j2])
-        return C.geom[l2, G_LATENCY], LVL_L2
+        _fill_l1(H, l1, line, C.state[j2], t + lat, level)
+        return lat, level
     C.stats[l2, CS_MISSES] += 1
 
     # snoop the other cores
@@ -225,7 +343,7 @@ def access(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int) -> 
     llc, key = _llc(H, line)
     llc_lat = C.geom[llc, G_LATENCY]
     if transfer:
-        lat, level = hp[H_TRANSFER], LVL_COHERENCE
+        lat, level = _ownership(H, line, t, hp[H_TRANSFER]), LVL_COHERENCE
     else:
         C.stats[llc, CS_ACCESSES] += 1
         j3 = find(C, llc, key, line)
@@ -238,6 +356,29 @@ def access(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int) -> 
             lat = llc_lat + mlat
             level = LVL_DRAM if tier == memory.TIER_DRAM else LVL_CXL
             _llc_fill(H, line, S, t + lat)
-    _fill_l2(H, core, line, state, t + lat)
-    _fill_l1(H, l1, line, state)
+    _fill_l2(H, core, line, state, t, t + lat, level)
+    _fill_l1(H, l1, line, state, t + lat, level)
+    return lat, level
+
+
+@njit(_nrt=False, cache=True, inline="never")
+def access(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int) -> tuple:
+    """Serve an access that the L1 fast path did not; returns (latency ticks, level)."""
+    C = H.C
+    l1 = core if ifetch else H.hp[H_NCORES] + core
+    C.stats[l1, CS_ACCESSES] += 1
+    j1 = find(C, l1, line, line)
+    if j1 >= 0:
+        # a write to a line held shared: upgrade, invalidating the other
+        # copies, once the line's data are here
+        _invalidate_others(H, core, line, t)
+        _set_private_state(H, core, line, M)
+        touch(C, l1, j1)
+        wait = C.ready[j1] - t
+        if wait < 0:
+            wait = 0
+        return wait + _ownership(H, line, t + wait, H.hp[H_UPGRADE]), LVL_COHERENCE
+    lat, level = _serve_miss(H, core, line, write, ifetch, t)
+    if not ifetch and H.hp[H_PF_DISTANCE] > 0:
+        _prefetch(H, core, line, t)
     return lat, level

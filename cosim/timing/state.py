@@ -48,6 +48,8 @@ def build(cfg: Config, ncores: int, ram: list[tuple[int, int]],
     hp[hierarchy.H_UPGRADE] = _ticks(cfg.coherence.upgrade_latency)
     hp[hierarchy.H_TRANSFER] = _ticks(cfg.coherence.transfer_latency)
     hp[hierarchy.H_LINE_SHIFT] = line.bit_length() - 1
+    hp[hierarchy.H_PF_DISTANCE] = cfg.prefetch.distance
+    hp[hierarchy.H_PF_STREAMS] = cfg.prefetch.streams
 
     Mm = _memory(cfg, ram)
     cp = np.zeros(core.NCPARAMS, dtype=np.int64)
@@ -56,8 +58,10 @@ def build(cfg: Config, ncores: int, ram: list[tuple[int, int]],
     cp[core.C_MLP] = cfg.core.mlp
     cp[core.C_IO_LAT] = _ticks(cfg.core.io_latency)
     cp[core.C_ROI_BEGIN], cp[core.C_ROI_END] = roi
-    K = core.allocate(ncores, cfg.core.rob, cfg.core.mlp, cp)
-    return Model(cfg, ncores, hierarchy.Hier(C, Mm, hp), K, ram)
+    cp[core.C_SB] = cfg.core.store_buffer
+    K = core.allocate(ncores, cfg.core.rob, cfg.core.mlp, cfg.core.store_buffer, cp)
+    pf = hierarchy.allocate_streams(ncores, cfg.prefetch.streams)
+    return Model(cfg, ncores, hierarchy.Hier(C, Mm, hp, pf, hierarchy.allocate_ownership()), K, ram)
 
 
 def _memory(cfg: Config, ram: list[tuple[int, int]]) -> memory.MemArrays:

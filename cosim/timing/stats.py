@@ -168,12 +168,12 @@ def table(doc: dict) -> str:
         lines.append(f"{c['core']:>4} {c['cycles']:>14,} {c['instructions']:>12,} {c['ipc']:>6.3f}"
                      "             " + " ".join(f"{c['cpi_stack'][k]:>6.3f}" for k in cats))
     lines.append(f"{'cache':>8} {'accesses':>12} {'misses':>10} {'MPKI':>8} {'wb':>8} "
-                 f"{'inval':>8} {'downgr':>8}")
+                 f"{'inval':>8} {'downgr':>8} {'prefetch':>9}")
     for r in doc["caches"]:
         if r["accesses"]:
             lines.append(f"{r['cache']:>8} {r['accesses']:>12,} {r['misses']:>10,} "
                          f"{r['mpki']:>8.2f} {r['writebacks']:>8,} {r['invalidations']:>8,} "
-                         f"{r['downgrades']:>8,}")
+                         f"{r['downgrades']:>8,} {r['prefetches']:>9,}")
     for name, t in doc["memory"].items():
         if t["reads"] or t["writes"]:
             lines.append(f"{name}: {t['reads']:,} reads, {t['writes']:,} writes, "
