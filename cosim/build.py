@@ -132,19 +132,37 @@ def _ninja(qb: paths.QemuBuild, targets: list[str], jobs: int) -> None:
         raise CosimError(f"QEMU build failed (exit {proc.returncode}); see {logfile}: {tail}")
 
 
-def ensure_plugin(qb: paths.QemuBuild) -> Path:
-    """Compile the cosim TCG plugin against the patched QEMU's plugin header."""
-    out = paths.plugin_library()
-    if out.is_file() and out.stat().st_mtime >= paths.PLUGIN_SOURCE.stat().st_mtime:
-        return out
+def _compile_plugin(qb: paths.QemuBuild, source: Path, out: Path, libs: list[str]) -> None:
+    """Compile one TCG plugin against the patched QEMU's plugin header."""
     out.parent.mkdir(parents=True, exist_ok=True)
     glib = subprocess.run(["pkg-config", "--cflags", "glib-2.0"], capture_output=True, text=True)
     if glib.returncode != 0:
         raise CosimError("pkg-config cannot find glib-2.0: install libglib2.0-dev (./setup.sh does)")
     log(f"compiling plugin {out.name}")
     _run(["gcc", "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter", "-shared", "-fPIC",
-          f"-I{qb.plugin_header_dir}", *glib.stdout.split(),
-          "-o", str(out), str(paths.PLUGIN_SOURCE), "-lmsgpackc"])
+          f"-I{qb.plugin_header_dir}", *glib.stdout.split(), "-o", str(out), str(source), *libs])
+
+
+def ensure_plugin(qb: paths.QemuBuild) -> Path:
+    """The cosim TCG plugin, recompiled when its source is newer."""
+    out = paths.plugin_library()
+    if not (out.is_file() and out.stat().st_mtime >= paths.PLUGIN_SOURCE.stat().st_mtime):
+        _compile_plugin(qb, paths.PLUGIN_SOURCE, out, ["-lmsgpackc"])
+    return out
+
+
+def ensure_contrib_plugin(qb: paths.QemuBuild, name: str) -> Path:
+    """One of QEMU's own contrib plugins (e.g. ``cache``), for side-by-side benchmarks.
+
+    Compiled from the patched source tree into the build's cache slot, so
+    it always matches the QEMU it is loaded into.
+    """
+    source = qb.src / "contrib" / "plugins" / f"{name}.c"
+    if not source.is_file():
+        raise CosimError(f"QEMU has no contrib plugin {name!r} ({source} is missing)")
+    out = qb.root / "contrib" / f"lib{name}.so"
+    if not out.is_file():
+        _compile_plugin(qb, source, out, [])
     return out
 
 

@@ -37,14 +37,18 @@ def cycles_per_load(ws: str, preset: str, loads: int) -> float:
 # 256 MiB (32x the LLC) so that the lines the ring's set-up left in the LLC
 # are a small share of the 50k loads measured
 PLATEAUS = [("4k", "l1", 100000), ("256k", "l2", 100000), ("4m", "llc", 100000),
-            ("256m", "dram", 50000)]
+            ("256m", "memory", 50000)]
+MEMORY_TIER = {"dram-only": "dram", "cxl-direct": "cxl"}
 
 
+@pytest.mark.parametrize("preset", MEMORY_TIER)
 @pytest.mark.parametrize("ws,level,loads", PLATEAUS)
-def test_pointer_chase_plateaus_match_configured_latency(ws: str, level: str, loads: int) -> None:
-    expected = DEFAULTS.load_latencies()[level]
-    measured = cycles_per_load(ws, "dram-only", loads)
-    assert abs(measured - expected) / expected < 0.05, (ws, level, measured, expected)
+def test_pointer_chase_plateaus_match_configured_latency(ws: str, level: str, loads: int,
+                                                         preset: str) -> None:
+    key = MEMORY_TIER[preset] if level == "memory" else level
+    expected = timing_config.load(preset).load_latencies()[key]
+    measured = cycles_per_load(ws, preset, loads)
+    assert abs(measured - expected) / expected < 0.05, (ws, key, measured, expected)
 
 
 def test_cxl_to_dram_latency_ratio() -> None:

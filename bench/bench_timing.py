@@ -1,0 +1,148 @@
+"""Detailed-mode guest MIPS, side by side with QEMU's own cache plugin.
+
+For STREAM and GUPS with 1 and 4 harts, in one run:
+
+(a) patched QEMU with QEMU's contrib cache plugin (``libcache.so``: L1I,
+    L1D and L2 of the same sizes as cosim's defaults, LRU, no timing),
+(b) cosim trace mode (the functional path alone: every memory access and
+    instruction-fetch line reaches the bridge, no timing model),
+(c) cosim detailed mode (``cosim run --timing``: caches with MESI, the
+    prefetchers, memory controllers and the interval core model).
+
+Every column is the wall time of the whole command as a user runs it
+(QEMU start-up, Python start-up and loading the compiled kernels
+included); ratios are to (a). Then a profile of one detailed run
+(STREAM, 1 hart): the share of wall time in the bridge (QEMU and the
+plugin producing the trace), in the compiled timing kernels, and in
+SimPy and the Python between them.
+
+    .venv/bin/python bench/bench_timing.py [--repeat 1] [--quantum 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cosim import build, paths, quantum  # noqa: E402
+from cosim.libqflex_bridge import Bridge, QemuConfig  # noqa: E402
+from cosim.timing import config as timing_config  # noqa: E402
+from cosim.timing import core, engine, state, stats  # noqa: E402
+
+# about 100-150 M instructions each, so start-up is a few percent
+WORKLOADS = {"stream": "stream-n1m-r8", "gups": "gups-ws16m-n8m"}
+RAM_BASE, RAM_SIZE = 0x80000000, 1 << 30
+
+
+def timed(cmd: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def qemu_with_cache_plugin(kernel: Path, smp: int, q: int) -> list[str]:
+    """The bridge's QEMU command line with QEMU's cache plugin in place of cosim's."""
+    cfg = timing_config.load()
+    libcache = build.ensure_contrib_plugin(paths.qemu_build(), "cache")
+    opts = [f"cores={smp}", "evict=lru", "l2=on",
+            f"dcachesize={cfg.l1d.size_kib * 1024}", f"dassoc={cfg.l1d.ways}",
+            f"icachesize={cfg.l1i.size_kib * 1024}", f"iassoc={cfg.l1i.ways}",
+            f"l2cachesize={cfg.l2.size_kib * 1024}", f"l2assoc={cfg.l2.ways}"]
+    cmd = Bridge(QemuConfig(kernel=kernel, smp=smp, quantum=q)).command_line()
+    i = cmd.index("-plugin")
+    cmd[i + 1] = f"{libcache}," + ",".join(opts)
+    i = cmd.index("-qmp")
+    del cmd[i:i + 2]
+    return cmd
+
+
+def cosim_cmd(kernel: str, smp: int, q: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cosim.cli", "run", "--kernel", kernel, "--smp", str(smp),
+            "--quantum", str(q), *extra]
+
+
+def instructions(kernel: str, smp: int, q: int) -> int:
+    """Guest instructions of a run (fast mode; every mode executes the same ones)."""
+    with Bridge(QemuConfig(kernel=build.guest_elf(kernel), smp=smp, quantum=q,
+                           mode="fast")) as bridge:
+        schedule = quantum.Schedule(smp)
+        quantum.run_round_robin(bridge, schedule)
+        return schedule.total
+
+
+def profile(kernel: str, q: int) -> None:
+    """Where the wall time of one detailed run goes."""
+    spent = {"bridge": 0.0, "kernels": 0.0}
+    real_step, real_feed = quantum.step, engine.TimingRun._feed
+
+    def step(*a, **k):
+        t = time.perf_counter()
+        try:
+            return real_step(*a, **k)
+        finally:
+            spent["bridge"] += time.perf_counter() - t
+
+    def feed(self, *a, **k):
+        t = time.perf_counter()
+        try:
+            return real_feed(self, *a, **k)
+        finally:
+            spent["kernels"] += time.perf_counter() - t
+
+    path = build.guest_elf(kernel)
+    model = state.build(timing_config.load(), 1, [(RAM_BASE, RAM_SIZE)],
+                        roi=stats.roi_addresses(path))
+    engine.quantum.step, engine.TimingRun._feed = step, feed
+    try:
+        started = time.perf_counter()
+        with Bridge(QemuConfig(kernel=path, smp=1, quantum=q, mode="trace")) as bridge:
+            schedule = quantum.Schedule(1)
+            run = engine.TimingRun(bridge, schedule, model)
+            run.run()
+        wall = time.perf_counter() - started
+    finally:
+        engine.quantum.step, engine.TimingRun._feed = real_step, real_feed
+    rest = wall - spent["bridge"] - spent["kernels"]
+    records = int(sum(model.K.scal[0, k] for k in (core.T_LOADS, core.T_STORES, core.T_FETCHES)))
+    print(f"\nprofile: {kernel}, 1 hart, quantum {q}: {schedule.total / 1e6:.1f} M insns, "
+          f"{records / 1e6:.1f} M trace records, {wall:.1f} s, {schedule.total / wall / 1e6:.1f} MIPS")
+    print(f"  bridge (QEMU + plugin + trace hand-off) {spent['bridge']:6.1f} s "
+          f"{spent['bridge'] / wall:6.1%}")
+    print(f"  timing kernels (numba)                  {spent['kernels']:6.1f} s "
+          f"{spent['kernels'] / wall:6.1%}  = {spent['kernels'] / records * 1e9:.0f} ns per record")
+    print(f"  SimPy, Python, start-up and exit        {rest:6.1f} s {rest / wall:6.1%}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the fastest counts")
+    parser.add_argument("--quantum", type=int, default=1000)
+    args = parser.parse_args()
+    q = args.quantum
+    best = lambda cmd: min(timed(cmd) for _ in range(args.repeat))  # noqa: E731
+    print(f"quantum {q}, best of {args.repeat}; MIPS = guest instructions / wall second")
+    print(f"{'workload':<8} {'harts':>5} {'Minsns':>7} | {'(a) qemu+libcache':>17} | "
+          f"{'(b) trace':>9} {'ratio':>6} | {'(c) detailed':>12} {'ratio':>6}")
+    for name, kernel in WORKLOADS.items():
+        elf = build.guest_elf(kernel)
+        for smp in (1, 4):
+            insns = instructions(kernel, smp, q)
+            walls = [best(qemu_with_cache_plugin(elf, smp, q)),
+                     best(cosim_cmd(kernel, smp, q, "--mode", "trace")),
+                     best(cosim_cmd(kernel, smp, q, "--timing"))]
+            mips = [insns / w / 1e6 for w in walls]
+            print(f"{name:<8} {smp:>5} {insns / 1e6:>7.1f} | {mips[0]:>17.1f} | "
+                  f"{mips[1]:>9.1f} {mips[1] / mips[0]:>6.2f} | {mips[2]:>12.1f} "
+                  f"{mips[2] / mips[0]:>6.2f}", flush=True)
+    profile(WORKLOADS["stream"], q)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
