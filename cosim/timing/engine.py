@@ -10,6 +10,11 @@ functional interleaving follows simulated time within one quantum.
 A vCPU that halts (WFI) is idle, not busy: it sleeps for one quantum's
 worth of base time and is stepped again, which bounds how late it sees an
 interrupt raised by another core to one quantum.
+
+With a single vCPU there is no order to decide, so its turns are fetched
+in batches (one round trip per ``quantum.TRACE_BATCH_INSNS``) and fed to
+the model one by one exactly as single steps would be: same turns, same
+cycles, a fraction of the round trips.
 """
 
 from __future__ import annotations
@@ -74,13 +79,13 @@ class TimingRun:
         sched = self.schedule
         scal = self.model.K.scal
         while not self._finished:
-            n = self.quantum
-            if self.max_insns is not None:
-                n = min(n, self.max_insns - sched.total)
-            report = quantum.step(self.bridge, sched, v, n)
+            report = self._next_report(v)
             ticks = 0
             halted = False
-            for turn in report.turn_list:
+            for k, turn in enumerate(report.turn_list):
+                if k:
+                    # a batch (one vCPU): each turn after a halted one starts later
+                    ticks += self._idle(v, halted)
                 ticks += self._feed(turn.vcpu, turn.records, turn.executed)
                 halted = turn.halted
             if report.exited and report.partial_vcpu >= 0:
@@ -94,11 +99,28 @@ class TimingRun:
                 self._finished = True
                 self._done.succeed()
                 return
-            if halted:
-                scal[v, core.T_IDLE] += self.idle_ticks
-                scal[v, core.T_TIME] += self.idle_ticks
-                ticks += self.idle_ticks
+            ticks += self._idle(v, halted)
             yield _Wake(env, ticks, v)
+
+    def _next_report(self, v: int) -> Report:
+        """The next turn of vCPU ``v``, or a batch of turns when it is the only one."""
+        sched = self.schedule
+        remaining = None if self.max_insns is None else self.max_insns - sched.total
+        batch = max(1, quantum.TRACE_BATCH_INSNS // self.quantum)
+        if self.model.ncores == 1 and (remaining is None or remaining >= batch * self.quantum):
+            report = self.bridge.rr(batch)
+            sched.account(report)
+            return report
+        n = self.quantum if remaining is None else min(self.quantum, remaining)
+        return quantum.step(self.bridge, sched, v, n)
+
+    def _idle(self, v: int, halted: bool) -> int:
+        """Idle ticks after a halted turn (local time passes, counted as idle); 0 otherwise."""
+        if not halted:
+            return 0
+        self.model.K.scal[v, core.T_IDLE] += self.idle_ticks
+        self.model.K.scal[v, core.T_TIME] += self.idle_ticks
+        return self.idle_ticks
 
     @property
     def cycles(self) -> int:
