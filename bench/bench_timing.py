@@ -11,12 +11,12 @@ For STREAM and GUPS with 1 and 4 harts, in one run:
 
 Every column is the wall time of the whole command as a user runs it
 (QEMU start-up, Python start-up and loading the compiled kernels
-included); ratios are to (a). Then a profile of one detailed run
-(STREAM, 1 hart): the share of wall time in the bridge (QEMU and the
-plugin producing the trace), in the compiled timing kernels, and in
-SimPy and the Python between them.
+included); ratios are to (a). Then a profile of detailed STREAM runs
+with 1 and 4 harts: the share of wall time in the bridge (QEMU and the
+plugin producing the trace, and the round trips), in the compiled timing
+kernels, and in SimPy and the Python between them.
 
-    .venv/bin/python bench/bench_timing.py [--repeat 1] [--quantum 1000]
+    .venv/bin/python bench/bench_timing.py [--repeat 1] [--quantum 1000] [--profile-only]
 """
 
 from __future__ import annotations
@@ -76,41 +76,38 @@ def instructions(kernel: str, smp: int, q: int) -> int:
         return schedule.total
 
 
-def profile(kernel: str, q: int) -> None:
+def profile(kernel: str, q: int, smp: int) -> None:
     """Where the wall time of one detailed run goes."""
     spent = {"bridge": 0.0, "kernels": 0.0}
-    real_step, real_feed = quantum.step, engine.TimingRun._feed
+    real_feed = engine.TimingRun._feed
 
-    def step(*a, **k):
-        t = time.perf_counter()
-        try:
-            return real_step(*a, **k)
-        finally:
-            spent["bridge"] += time.perf_counter() - t
-
-    def feed(self, *a, **k):
-        t = time.perf_counter()
-        try:
-            return real_feed(self, *a, **k)
-        finally:
-            spent["kernels"] += time.perf_counter() - t
+    def clocked(fn, key):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - t
+        return wrapper
 
     path = build.guest_elf(kernel)
-    model = state.build(timing_config.load(), 1, [(RAM_BASE, RAM_SIZE)],
+    model = state.build(timing_config.load(), smp, [(RAM_BASE, RAM_SIZE)],
                         roi=stats.roi_addresses(path))
-    engine.quantum.step, engine.TimingRun._feed = step, feed
+    engine.TimingRun._feed = clocked(real_feed, "kernels")
     try:
         started = time.perf_counter()
-        with Bridge(QemuConfig(kernel=path, smp=1, quantum=q, mode="trace")) as bridge:
-            schedule = quantum.Schedule(1)
-            run = engine.TimingRun(bridge, schedule, model)
-            run.run()
+        with Bridge(QemuConfig(kernel=path, smp=smp, quantum=q, mode="trace")) as bridge:
+            bridge.step = clocked(bridge.step, "bridge")
+            bridge.rr = clocked(bridge.rr, "bridge")
+            schedule = quantum.Schedule(smp)
+            engine.TimingRun(bridge, schedule, model).run()
         wall = time.perf_counter() - started
     finally:
-        engine.quantum.step, engine.TimingRun._feed = real_step, real_feed
+        engine.TimingRun._feed = real_feed
     rest = wall - spent["bridge"] - spent["kernels"]
-    records = int(sum(model.K.scal[0, k] for k in (core.T_LOADS, core.T_STORES, core.T_FETCHES)))
-    print(f"\nprofile: {kernel}, 1 hart, quantum {q}: {schedule.total / 1e6:.1f} M insns, "
+    records = int(sum(model.K.scal[:, k].sum() for k in (core.T_LOADS, core.T_STORES,
+                                                        core.T_FETCHES)))
+    print(f"\nprofile: {kernel}, {smp} hart(s), quantum {q}: {schedule.total / 1e6:.1f} M insns, "
           f"{records / 1e6:.1f} M trace records, {wall:.1f} s, {schedule.total / wall / 1e6:.1f} MIPS")
     print(f"  bridge (QEMU + plugin + trace hand-off) {spent['bridge']:6.1f} s "
           f"{spent['bridge'] / wall:6.1%}")
@@ -123,8 +120,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the fastest counts")
     parser.add_argument("--quantum", type=int, default=1000)
+    parser.add_argument("--profile-only", action="store_true", help="skip the MIPS table")
     args = parser.parse_args()
     q = args.quantum
+    if args.profile_only:
+        for smp in (1, 4):
+            profile(WORKLOADS["stream"], q, smp)
+        return 0
     best = lambda cmd: min(timed(cmd) for _ in range(args.repeat))  # noqa: E731
     print(f"quantum {q}, best of {args.repeat}; MIPS = guest instructions / wall second")
     print(f"{'workload':<8} {'harts':>5} {'Minsns':>7} | {'(a) qemu+libcache':>17} | "
@@ -140,7 +142,8 @@ def main() -> int:
             print(f"{name:<8} {smp:>5} {insns / 1e6:>7.1f} | {mips[0]:>17.1f} | "
                   f"{mips[1]:>9.1f} {mips[1] / mips[0]:>6.2f} | {mips[2]:>12.1f} "
                   f"{mips[2] / mips[0]:>6.2f}", flush=True)
-    profile(WORKLOADS["stream"], q)
+    for smp in (1, 4):
+        profile(WORKLOADS["stream"], q, smp)
     return 0
 
 
