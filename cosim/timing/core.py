@@ -104,6 +104,27 @@ def _take_mshr(K: CoreArrays, c: int, t: int) -> tuple:
     return slot, (free if free > t else t)
 
 
+@njit(_nrt=False, cache=True, inline="always")
+def _data_access(K: CoreArrays, H: Hier, c: int, line: int, write: bool, issue: int,
+                 hit_lat: int) -> tuple:
+    """(completion time, CPI category) of a load or store issued at ``issue``.
+
+    An L1 hit completes after ``hit_lat`` unless its line is still in flight;
+    a miss takes an MSHR and goes down the hierarchy.
+    """
+    C = H.C
+    j = hierarchy.l1_hit(H, c, line, write, False)
+    if j >= 0:
+        done = issue + hit_lat
+        if C.ready[j] > done:
+            return C.ready[j], LEVEL_CAT[C.src[j]]
+        return done, CAT_L1D
+    slot, issue = _take_mshr(K, c, issue)
+    lat, level = hierarchy.access(H, c, line, write, False, issue)
+    K.mshr[c, slot] = issue + lat
+    return issue + lat, LEVEL_CAT[level]
+
+
 @njit(_nrt=False, cache=True)
 def _roi_mark(K: CoreArrays, H: Hier, c: int, which: int, now: int, insn: int) -> None:
     ts = H.Mm.tier_stats
@@ -136,7 +157,6 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
     sbcount = sc[c, T_SBCOUNT]
     sblast = sc[c, T_SBLAST]
     sblast_cat = sc[c, T_SBLAST_CAT]
-    C = H.C
     stall = 0
     for r in range(addr.shape[0]):
         i = idx[r]
@@ -175,19 +195,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
                 producer = K.ld_done[c, (ldhead - (dep - 1)) % LD_RING]
                 if producer > issue:
                     issue = producer
-            j = hierarchy.l1_hit(H, c, line, False, False)
-            if j >= 0:
-                done = issue + l1d_lat
-                cat = CAT_L1D
-                if C.ready[j] > done:
-                    done = C.ready[j]
-                    cat = LEVEL_CAT[C.src[j]]
-            else:
-                slot, issue = _take_mshr(K, c, issue)
-                lat, level = hierarchy.access(H, c, line, False, False, issue)
-                done = issue + lat
-                K.mshr[c, slot] = done
-                cat = LEVEL_CAT[level]
+            done, cat = _data_access(K, H, c, line, False, issue, l1d_lat)
             ldhead = (ldhead + 1) % LD_RING
             K.ld_done[c, ldhead] = done
             if done > now + l1d_lat:
@@ -216,19 +224,8 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
                 now = done
                 sbhead = (sbhead + 1) % sbsize
                 sbcount -= 1
-            j = hierarchy.l1_hit(H, c, line, True, False)
-            if j >= 0:
-                done = now
-                cat = CAT_L1D
-                if C.ready[j] > done:
-                    done = C.ready[j]
-                    cat = LEVEL_CAT[C.src[j]]
-            else:
-                slot, issue = _take_mshr(K, c, now)
-                lat, level = hierarchy.access(H, c, line, True, False, issue)
-                done = issue + lat
-                K.mshr[c, slot] = done
-                cat = LEVEL_CAT[level]
+            # a store hit is done when it has the line: 0 cycles after issue
+            done, cat = _data_access(K, H, c, line, True, now, 0)
             if done < sblast:
                 # in program order: it leaves after the store ahead of it
                 done = sblast
