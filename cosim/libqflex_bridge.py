@@ -40,6 +40,12 @@ from .errors import CosimError
 from .trace import RECORD_DTYPE, RunDigest
 
 _LEN = struct.Struct("<I")
+
+#: Instructions per round trip in round-robin: whole rounds, enough to hide
+#: the round-trip cost. Trace batches stay well inside the shared buffer
+#: (1 Mi records; a turn makes about 1-2 records per instruction).
+FAST_BATCH_INSNS = 2_000_000
+TRACE_BATCH_INSNS = 100_000
 _PR_SET_PDEATHSIG = 1
 STDERR_TAIL_LINES = 3
 
@@ -94,6 +100,12 @@ class QemuConfig:
     seed: int = 1
     shm_records: int = 1 << 20
     extra_args: list[str] = field(default_factory=list)
+    loadext: Path | None = None     # a snapshot directory to start from (-loadext)
+
+    def rr_batch_turns(self) -> int:
+        """Turns per round-robin round trip: whole rounds, about a batch of instructions."""
+        per_batch = TRACE_BATCH_INSNS if self.mode == "trace" else FAST_BATCH_INSNS
+        return self.smp * max(1, per_batch // (self.quantum * self.smp))
 
 
 def qemu_binary(arch: str = "riscv64") -> Path:
@@ -133,7 +145,7 @@ class Bridge:
             raise CosimError(f"--mode {config.mode}: must be fast or trace")
         self.config = config
         self.arch = arch
-        self.digest = RunDigest()
+        self.digest = RunDigest(block_turns=config.rr_batch_turns())
         self.exit_code: int | None = None
         self.hello: dict = {}
         self._console_target = console
@@ -180,6 +192,7 @@ class Bridge:
             "-qmp", f"unix:{self._dir / 'qmp.sock'},server=on,wait=off",
             "-plugin", str(plugin_path()) + "," + ",".join(plugin_args),
             "-kernel", str(c.kernel),
+            *(["-loadext", str(c.loadext)] if c.loadext is not None else []),
             *c.extra_args,
         ]
 
@@ -247,6 +260,11 @@ class Bridge:
                 except Exception:
                     pass
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    @property
+    def exited(self) -> bool:
+        """The guest has ended QEMU; nothing more can run."""
+        return self._exited
 
     @property
     def pid(self) -> int | None:
@@ -474,15 +492,33 @@ class Bridge:
         out.unlink()
         return data
 
-    def pause(self) -> None:
-        """Stop the VM at the end of the current round (call between commands)."""
+    def pause(self) -> dict:
+        """Stop the VM at the end of the current round (call between commands).
+
+        Returns the plugin's state (its dependence rings), which a snapshot
+        must carry for the trace of a restored run to match.
+        """
         self._send({"c": "pause"})
+        state = self._expect("paused")
+        del state["t"]
         deadline = time.monotonic() + 30
         while self.qmp("query-status")["status"] != "paused":  # type: ignore[index]
             if time.monotonic() > deadline:
                 raise CosimError("the VM did not pause at the round boundary within 30 s")
             self._check_alive()
             time.sleep(0.01)
+        return state
+
+    def load_plugin_state(self, state: dict) -> None:
+        """Give a restored run's plugin the state ``pause()`` returned (before any command)."""
+        self._send({"c": "load", "dep": state["dep"], "head": state["head"]})
+
+    def save_machine(self, directory: Path) -> list[dict]:
+        """QEMU's machine state into ``directory/machine.state`` (the VM must be paused).
+
+        Returns the disks QEMU froze (device, frozen image, new overlay).
+        """
+        return list(self.qmp("savevm-ext", dir=str(directory)) or [])  # type: ignore[arg-type]
 
     def resume(self) -> None:
         """Continue after ``pause()``; returns when the plugin asks for a command."""

@@ -22,12 +22,6 @@ from typing import Callable
 
 from .libqflex_bridge import Bridge, Report
 
-#: Instructions per round trip in round-robin: whole rounds, enough to hide
-#: the round-trip cost. Trace batches stay well inside the shared buffer
-#: (1 Mi records; a turn makes about 1-2 records per instruction).
-FAST_BATCH_INSNS = 2_000_000
-TRACE_BATCH_INSNS = 100_000
-
 
 @dataclass
 class Schedule:
@@ -75,6 +69,18 @@ class Schedule:
         # grows while a vCPU sleeps; with all vCPUs busy it stays <= Q.
         self.max_skew = max(self.max_skew, max(self.insns) - min(self.insns))
 
+    def state(self) -> dict:
+        """Everything a snapshot needs to continue the totals."""
+        return {k: getattr(self, k) for k in (
+            "insns", "turns", "halted_turns", "short_turns", "count_mismatches",
+            "icount_drift", "qemu_icount", "max_skew", "last_vcpu")}
+
+    def load(self, state: dict) -> None:
+        if len(state["insns"]) != self.nvcpus:
+            raise ValueError(f"schedule state has {len(state['insns'])} vCPUs, want {self.nvcpus}")
+        for k, v in state.items():
+            setattr(self, k, list(v) if isinstance(v, list) else v)
+
     def as_dict(self) -> dict:
         return {
             "vcpus": [
@@ -99,26 +105,37 @@ def step(bridge: Bridge, schedule: Schedule, vcpu: int, n: int) -> Report:
 
 
 def run_round_robin(bridge: Bridge, schedule: Schedule, max_insns: int | None = None,
-                    on_report: Callable[[Report], None] | None = None) -> None:
-    """Fixed round-robin until the guest exits or ``max_insns`` in total.
+                    on_report: Callable[[Report], bool] | None = None,
+                    whole_rounds: bool = False) -> None:
+    """Fixed round-robin until the guest exits, ``max_insns`` or ``on_report`` says stop.
 
-    The instruction limit is exact: the last turns are issued as directed
-    steps with a reduced budget, in the same vCPU order round-robin would
-    use, so the limit never overshoots.
+    ``max_insns`` counts from the schedule's start (a restored snapshot's
+    instructions included). The limit is exact: the last turns are issued
+    as directed steps with a reduced budget, in the same vCPU order
+    round-robin would use, so the limit never overshoots. With
+    ``whole_rounds`` (a run that ends in a snapshot) it stops instead at
+    the first round boundary at or after the limit: a snapshot must be a
+    point that a longer straight run also passes through.
+
+    Batches never cross a fast-mode digest block (see ``RunDigest``), so
+    the digest does not depend on where the run was paused or split.
     """
     n = bridge.config.smp
     q = bridge.config.quantum
-    per_batch = TRACE_BATCH_INSNS if bridge.config.mode == "trace" else FAST_BATCH_INSNS
-    batch = n * max(1, per_batch // (q * n))
+    batch = bridge.config.rr_batch_turns()
     while not schedule.exited:
         remaining = None if max_insns is None else max_insns - schedule.total
         if remaining is not None and remaining <= 0:
-            return
-        if remaining is not None and remaining < batch * q:
+            if not whole_rounds or sum(schedule.turns) % n == 0:
+                return
+            report = bridge.rr(n - sum(schedule.turns) % n)
+        elif remaining is not None and remaining < batch * q and not whole_rounds:
             report = bridge.step((schedule.last_vcpu + 1) % n, min(q, remaining))
         else:
-            report = bridge.rr(batch)
+            turns = min(batch, bridge.digest.turns_to_boundary())
+            if remaining is not None and whole_rounds:
+                turns = min(turns, n * max(1, remaining // (n * q)))
+            report = bridge.rr(turns)
         schedule.account(report)
-        if on_report is not None:
-            on_report(report)
-
+        if on_report is not None and on_report(report):
+            return

@@ -28,25 +28,82 @@ _TURN = struct.Struct("<iQQ?")
 
 
 class RunDigest:
-    """BLAKE2b over every turn outcome and every trace record, in order.
+    """A BLAKE2b hash chain over every turn outcome and every trace record.
 
     Two runs with the same digest executed the same turns (vCPU, budget,
     instructions, halt) and, in trace mode, made the same memory accesses
     and instruction fetches at the same instruction indices.
+
+    Why a chain and not one running hash: a snapshot must carry the digest
+    so that a restored run ends with the digest of the straight run, and a
+    running hashlib object cannot be saved. Each block is hashed with the
+    previous block's digest in front; between blocks the whole state is
+    that 16-byte value. Trace mode closes a block at every turn end. Fast
+    mode sees batches, not turns, so it sums the batches and closes a block
+    every ``block_turns`` turns counted from boot; the bridge never lets a
+    batch cross such a boundary, so the blocks do not depend on how the
+    run was batched, paused or split by a snapshot.
     """
 
-    def __init__(self) -> None:
-        self._h = hashlib.blake2b(digest_size=16)
+    def __init__(self, block_turns: int = 1) -> None:
+        self.block_turns = block_turns
+        self._chain = bytes(16)
+        self._h = hashlib.blake2b(self._chain, digest_size=16)
+        self._open = False              # records absorbed since the last turn end
+        self.turns = 0                  # fast mode: turns summed since boot
+        self._pending: list[int] = []   # fast mode: insns, turns, halted of the open block
 
     def turn(self, vcpu: int, budget: int, executed: int, halted: bool) -> None:
         self._h.update(_TURN.pack(vcpu, budget, executed, halted))
+        self._close()
 
     def batch(self, insns: list[int], turns: list[int], halted: list[int]) -> None:
-        """Fast mode sees batches of turns, not single turns."""
-        self._h.update(struct.pack(f"<{3 * len(insns)}Q", *insns, *turns, *halted))
+        """Fast mode: one report's per-vCPU deltas."""
+        deltas = [*insns, *turns, *halted]
+        if not self._pending:
+            self._pending = [0] * len(deltas)
+        self._pending = [a + b for a, b in zip(self._pending, deltas)]
+        before = self.turns
+        self.turns += sum(turns)
+        if self.turns // self.block_turns != before // self.block_turns:
+            if self.turns % self.block_turns:
+                raise AssertionError("a fast-mode batch crossed a digest block boundary")
+            self._flush_pending()
 
     def records(self, buf: memoryview) -> None:
-        self._h.update(buf)
+        if len(buf):
+            self._h.update(buf)
+            self._open = True
 
     def hexdigest(self) -> str:
-        return self._h.hexdigest()
+        h = self._h.copy()
+        if self._pending:
+            h.update(struct.pack(f"<{len(self._pending)}Q", *self._pending))
+        return h.hexdigest()
+
+    def turns_to_boundary(self) -> int:
+        """Fast mode: turns left in the open block (the longest batch allowed)."""
+        return self.block_turns - self.turns % self.block_turns
+
+    def state(self) -> dict:
+        """The chain between turns, for a snapshot."""
+        if self._open:
+            raise AssertionError("digest state taken in the middle of a turn")
+        return {"chain": self._chain, "turns": self.turns, "pending": list(self._pending)}
+
+    def load(self, state: dict) -> None:
+        self._chain = bytes(state["chain"])
+        self._h = hashlib.blake2b(self._chain, digest_size=16)
+        self._open = False
+        self.turns = int(state["turns"])
+        self._pending = [int(x) for x in state["pending"]]
+
+    def _flush_pending(self) -> None:
+        self._h.update(struct.pack(f"<{len(self._pending)}Q", *self._pending))
+        self._pending = []
+        self._close()
+
+    def _close(self) -> None:
+        self._chain = self._h.digest()
+        self._h = hashlib.blake2b(self._chain, digest_size=16)
+        self._open = False

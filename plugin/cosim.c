@@ -17,7 +17,12 @@
  * exits. The bridge answers "ready"/"report" with a command:
  *   {"c": "rr", "turns": K}     K turns round-robin with the quantum budget
  *   {"c": "step", "vcpu": v, "n": n}  skip to vCPU v, run it for n insns
- *   {"c": "pause"}              skip the rest of the round; VM stops
+ *   {"c": "pause"}              skip the rest of the round; VM stops; the
+ *                               plugin answers "paused" with its state
+ *   {"c": "load", "dep": [[v0..v3] per vCPU], "head": [h per vCPU]}
+ *                               adopt the state a "paused" carried (a
+ *                               restored snapshot), then wait for the next
+ *                               command
  *   {"c": "detach"}             stop reporting; the bridge is shutting down
  * and "chunk" with {"c": "ack"}. In trace mode "report" and "chunk" also
  * carry "ends": one [vcpu, budget, executed, halted, counted, icount,
@@ -296,6 +301,37 @@ static void send_simple(const char *type)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/*
+ * The plugin state a snapshot must carry: the dependence rings. The
+ * instruction counters need not travel, as reports carry deltas only.
+ */
+static void send_paused(void)
+{
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    pack_str(&pk, "t");
+    pack_str(&pk, "paused");
+    pack_str(&pk, "dep");
+    msgpack_pack_array(&pk, S.nvcpus);
+    for (unsigned int i = 0; i < S.nvcpus; i++) {
+        msgpack_pack_array(&pk, DEP_LOADS);
+        for (unsigned int d = 0; d < DEP_LOADS; d++) {
+            msgpack_pack_uint64(&pk, S.dep_vals[i][d]);
+        }
+    }
+    pack_str(&pk, "head");
+    msgpack_pack_array(&pk, S.nvcpus);
+    for (unsigned int i = 0; i < S.nvcpus; i++) {
+        msgpack_pack_uint32(&pk, S.dep_head[i]);
+    }
+    send_frame(&sb);
+    msgpack_sbuffer_destroy(&sb);
+}
+
 static const msgpack_object *map_get(const msgpack_object *map,
                                      const char *key)
 {
@@ -322,9 +358,64 @@ static uint64_t map_u64(const msgpack_object *map, const char *key)
     return v->via.u64;
 }
 
+/* An array of exactly @n non-negative integers under @key, or die. */
+static const msgpack_object *map_u64_array(const msgpack_object *map,
+                                           const char *key, uint32_t n)
+{
+    const msgpack_object *v = map_get(map, key);
+
+    if (!v || v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != n) {
+        die("command lacks an array \"%s\" of %u entries", key, n);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (v->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+            v->via.array.ptr[i].type != MSGPACK_OBJECT_ARRAY) {
+            die("\"%s\" holds a value of the wrong type", key);
+        }
+    }
+    return v;
+}
+
+/* "load": the state of a restored snapshot (see send_paused). */
+static void load_state(const msgpack_object *map)
+{
+    const msgpack_object *dep = map_u64_array(map, "dep", S.nvcpus);
+    const msgpack_object *head = map_u64_array(map, "head", S.nvcpus);
+
+    for (unsigned int i = 0; i < S.nvcpus; i++) {
+        const msgpack_object *ring = &dep->via.array.ptr[i];
+        if (ring->type != MSGPACK_OBJECT_ARRAY ||
+            ring->via.array.size != DEP_LOADS ||
+            head->via.array.ptr[i].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            head->via.array.ptr[i].via.u64 >= DEP_LOADS) {
+            die("load: bad state for vCPU %u", i);
+        }
+        for (unsigned int d = 0; d < DEP_LOADS; d++) {
+            if (ring->via.array.ptr[d].type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                die("load: bad dependence value for vCPU %u", i);
+            }
+            S.dep_vals[i][d] = ring->via.array.ptr[d].via.u64;
+        }
+        S.dep_head[i] = head->via.array.ptr[i].via.u64;
+    }
+}
+
+static bool read_command(void);
+
 /* Block until the bridge sends a command, and adopt it. */
 static void wait_command(void)
 {
+    bool again;
+
+    do {
+        again = read_command();
+    } while (again);
+}
+
+/* Read one command; true when another must follow (after "load"). */
+static bool read_command(void)
+{
+    bool again = false;
     uint32_t len;
     char *buf;
     msgpack_unpacked msg;
@@ -366,6 +457,10 @@ static void wait_command(void)
     } else if (strcmp(name, "pause") == 0) {
         S.cmd = CMD_PAUSE;
         qemu_plugin_request_pause();
+        send_paused();
+    } else if (strcmp(name, "load") == 0) {
+        load_state(&msg.data);
+        again = true;
     } else if (strcmp(name, "detach") == 0) {
         S.cmd = CMD_DETACHED;
     } else if (strcmp(name, "ack") != 0) {
@@ -373,6 +468,7 @@ static void wait_command(void)
     }
     msgpack_unpacked_destroy(&msg);
     g_free(buf);
+    return again;
 }
 
 static void vcpu_turn_start(qemu_plugin_id_t id, unsigned int vcpu)

@@ -12,9 +12,15 @@ worth of base time and is stepped again, which bounds how late it sees an
 interrupt raised by another core to one quantum.
 
 With a single vCPU there is no order to decide, so its turns are fetched
-in batches (one round trip per ``quantum.TRACE_BATCH_INSNS``) and fed to
+in batches (one round trip per ``QemuConfig.rr_batch_turns()``) and fed to
 the model one by one exactly as single steps would be: same turns, same
 cycles, a fraction of the round trips.
+
+A run can stop and continue from a snapshot. Every vCPU's next wake-up is
+its local time (``T_TIME``), except that the vCPU whose turn ended the run
+has not yet slept off a halted turn; ``state()`` records that, and a
+restored run starts each vCPU's process with a wake at its local time, so
+the order of turns is the one the straight run would have taken.
 """
 
 from __future__ import annotations
@@ -50,7 +56,15 @@ class TimingRun:
 
     def __init__(self, bridge: Bridge, schedule: quantum.Schedule, model: Model,
                  max_insns: int | None = None,
-                 on_report: Callable[[Report], None] | None = None) -> None:
+                 on_report: Callable[[Report], bool] | None = None,
+                 whole_turns: bool = False, resume: dict | None = None) -> None:
+        """``max_insns`` counts from boot (a restored snapshot's instructions included).
+
+        ``whole_turns``: never clip the last turn to hit ``max_insns``
+        exactly; a run that ends in a snapshot must stop where a longer
+        straight run also passes. ``resume``: ``state()`` of the run that
+        wrote the snapshot the model was restored from.
+        """
         self.bridge = bridge
         self.schedule = schedule
         self.model = model
@@ -58,12 +72,21 @@ class TimingRun:
         self.on_report = on_report
         self.quantum = bridge.config.quantum
         self.idle_ticks = self.quantum * int(model.K.params[core.C_CPI])
-        self.max_time_skew = 0
+        self.whole_turns = whole_turns
+        self.max_time_skew = 0 if resume is None else int(resume["max_time_skew"])
+        self._resume = resume
+        self._pending_idle = -1     # vCPU whose halted last turn has not slept yet
         self._finished = False
+
+    def state(self) -> dict:
+        """What a snapshot needs to continue the order of turns (see module doc)."""
+        return {"pending_idle": self._pending_idle, "max_time_skew": self.max_time_skew}
 
     def run(self) -> None:
         env = simpy.Environment()
         self._done = env.event()
+        if self._resume is not None and self._resume["pending_idle"] >= 0:
+            self._idle(int(self._resume["pending_idle"]), True)
         for v in range(self.model.ncores):
             env.process(self._core(env, v))
         env.run(until=self._done)
@@ -78,6 +101,8 @@ class TimingRun:
     def _core(self, env: simpy.Environment, v: int) -> Generator:
         sched = self.schedule
         scal = self.model.K.scal
+        if self._resume is not None:
+            yield _Wake(env, int(scal[v, core.T_TIME]), v)
         while not self._finished:
             report = self._next_report(v)
             ticks = 0
@@ -91,11 +116,14 @@ class TimingRun:
             if report.exited and report.partial_vcpu >= 0:
                 ticks += self._feed(report.partial_vcpu, report.partial_records,
                                     report.partial_insns)
-            if self.on_report is not None:
-                self.on_report(report)
             times = scal[:, core.T_TIME]
             self.max_time_skew = max(self.max_time_skew, int(times.max() - times.min()))
-            if report.exited or (self.max_insns is not None and sched.total >= self.max_insns):
+            # a snapshot taken now (in on_report or after the end) must know
+            # that this vCPU has yet to sleep off a halted turn
+            self._pending_idle = v if halted else -1
+            stop = self.on_report(report) if self.on_report is not None else False
+            if stop or report.exited or (self.max_insns is not None
+                                         and sched.total >= self.max_insns):
                 self._finished = True
                 self._done.succeed()
                 return
@@ -106,12 +134,12 @@ class TimingRun:
         """The next turn of vCPU ``v``, or a batch of turns when it is the only one."""
         sched = self.schedule
         remaining = None if self.max_insns is None else self.max_insns - sched.total
-        batch = max(1, quantum.TRACE_BATCH_INSNS // self.quantum)
+        batch = self.bridge.config.rr_batch_turns()
         if self.model.ncores == 1 and (remaining is None or remaining >= batch * self.quantum):
             report = self.bridge.rr(batch)
             sched.account(report)
             return report
-        n = self.quantum if remaining is None else min(self.quantum, remaining)
+        n = self.quantum if remaining is None or self.whole_turns else min(self.quantum, remaining)
         return quantum.step(self.bridge, sched, v, n)
 
     def _idle(self, v: int, halted: bool) -> int:
