@@ -11,31 +11,23 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn, Sequence
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
-from tqdm import tqdm
 
 from . import __version__, build, paths
+from . import snapshot as snap
 from .errors import CosimError
-from .libqflex_bridge import Bridge, QemuConfig, Report
-from .quantum import Schedule, run_round_robin
+from .libqflex_bridge import qemu_binary
+from .session import RunSpec, Session, parse_size
 from .timing import config as timing_config
-from .timing import state as timing_state
 from .timing import stats as timing_stats
 from .timing.config import PRESET_DOCS
-from .timing.engine import TimingRun
-from .timing.memory import TICKS_PER_CYCLE
-
-#: riscv64 ``virt``: RAM starts here (QEMU hw/riscv/virt.c)
-RAM_BASE = 0x8000_0000
 
 DEFAULT_GUEST = "spinlock"
 MAX_SMP = 64
-RESULT_LINE = re.compile(r"^RESULT .*$", re.M)
 
 
 def positive_int(flag: str, what: str):
@@ -56,15 +48,6 @@ def smp_count(text: str) -> int:
     if value > MAX_SMP:
         raise argparse.ArgumentTypeError(f"--smp {text}: at most {MAX_SMP} vCPUs")
     return value
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a QEMU-style size (``512M``, ``2G``; a bare number is MiB)."""
-    m = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
-    if not m:
-        raise CosimError(f"--memory {text!r}: want a size such as 512M or 2G")
-    scale = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
-    return int(m.group(1)) * scale
 
 
 def builtin_guests() -> list[str]:
@@ -101,6 +84,17 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def add_snapshot_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--snapshot-dir", type=Path, metavar="DIR",
+                   help=f"where snapshots live (default: {snap.default_root()})")
+
+
+def add_client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sim", metavar="ID", help="which run (id or pid; default: the only one going)")
+    p.add_argument("--connect", metavar="HOST:PORT", help="a run serving TCP (cosim run --listen)")
+    p.add_argument("--token", metavar="TOKEN", help="the token that run printed (with --connect)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="cosim", description="Deterministic multi-vCPU co-simulation on a patched QEMU.")
@@ -113,21 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "round-robin in turns of exactly QUANTUM instructions. Prints a summary: "
                     "per-vCPU instruction and turn counts, the maximum instruction skew, "
                     "a digest of the run and the guest's RESULT lines.")
-    run.add_argument("--kernel", default=DEFAULT_GUEST, metavar="ELF",
+    run.add_argument("--kernel", default=None, metavar="ELF",
                      help="riscv64 ELF linked at 0x80000000, or a built-in guest name "
-                          f"(default: {DEFAULT_GUEST}; see guests/riscv/README.md)")
-    run.add_argument("--smp", type=smp_count, default=4, metavar="N",
-                     help=f"number of vCPUs (harts), 1..{MAX_SMP} (default: 4)")
+                          f"(default: {DEFAULT_GUEST}, or the snapshot's; see guests/riscv/README.md)")
+    run.add_argument("--smp", type=smp_count, default=None, metavar="N",
+                     help=f"number of vCPUs (harts), 1..{MAX_SMP} (default: 4, or the snapshot's)")
     run.add_argument("--quantum", type=positive_int("--quantum", "instructions per vCPU turn, e.g. 1000"),
-                     default=1000, metavar="Q", help="instructions per vCPU turn (default: 1000)")
+                     default=None, metavar="Q",
+                     help="instructions per vCPU turn (default: 1000, or the snapshot's; a "
+                          "restored run may use another)")
     run.add_argument("--max-insns", type=positive_int("--max-insns", "total instructions over all vCPUs"),
-                     metavar="N", help="stop after exactly N instructions in total (default: run until the guest exits)")
+                     metavar="N", help="stop after exactly N instructions in total, counted from the "
+                                       "start of this run (after a restored snapshot's); "
+                                       "default: run until the guest exits")
     run.add_argument("--mode", choices=("fast", "trace"), default=None, dest="mode_given",
                      help="fast: counts only; trace: also every memory access and instruction-fetch "
                           "line, per turn, into the digest (default: fast; trace with --timing)")
-    run.add_argument("--memory", default="512M", metavar="SIZE", help="guest RAM (default: 512M)")
-    run.add_argument("--icount-shift", type=int, default=0, choices=range(0, 11), metavar="S",
-                     help="virtual ns per instruction = 2**S (default: 0)")
+    run.add_argument("--memory", default=None, metavar="SIZE",
+                     help="guest RAM (default: 512M, or the snapshot's)")
+    run.add_argument("--icount-shift", type=int, default=None, choices=range(0, 11), metavar="S",
+                     help="virtual ns per instruction = 2**S (default: 0, or the snapshot's)")
     run.add_argument("--json", action="store_true",
                      help="print the summary as JSON on stdout; the guest console goes to stderr")
     run.add_argument("--timing", action="store_true",
@@ -141,6 +140,47 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --timing: write PNG charts (CPI stacks, latency, page hotness)")
     run.add_argument("--console", type=Path, metavar="FILE",
                      help="write the guest console to FILE instead of the terminal")
+    run.add_argument("--snapshot", metavar="NAME",
+                     help="restore snapshot NAME in this fresh process and continue from it")
+    run.add_argument("--save", metavar="NAME",
+                     help="save snapshot NAME at the end (with --max-insns: at the first round "
+                          "boundary, or under --timing turn boundary, at or after the limit)")
+    run.add_argument("--force", action="store_true", help="let --save replace an existing snapshot")
+    run.add_argument("--warmup", type=positive_int("--warmup", "instructions to warm the caches"),
+                     default=0, metavar="N",
+                     help="restoring a snapshot without timing state under --timing: run N "
+                          "instructions to warm the caches first, not counted")
+    run.add_argument("--paused", action="store_true",
+                     help="start paused; continue with `cosim resume` (or drive it with Step)")
+    run.add_argument("--listen", metavar="HOST:PORT",
+                     help="also serve the control plane on TCP (a token is printed; clients pass it)")
+    add_snapshot_dir(run)
+
+    snp = sub.add_parser("snapshot", help="save, list, show and remove snapshots",
+                         description="Snapshots hold QEMU's machine state, the plugin and run "
+                                     "state and, if taken under --timing, the timing model.")
+    snp_sub = snp.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
+    s_save = snp_sub.add_parser("save", help="save the running simulation (from another terminal)")
+    s_save.add_argument("name", metavar="NAME")
+    s_save.add_argument("--force", action="store_true", help="replace an existing snapshot NAME")
+    add_client_args(s_save)
+    s_list = snp_sub.add_parser("list", help="a table of the snapshots")
+    add_snapshot_dir(s_list)
+    s_show = snp_sub.add_parser("show", help="a snapshot's manifest, with its files checked")
+    s_show.add_argument("name", metavar="NAME")
+    add_snapshot_dir(s_show)
+    s_rm = snp_sub.add_parser("rm", help="remove a snapshot")
+    s_rm.add_argument("name", metavar="NAME")
+    add_snapshot_dir(s_rm)
+
+    for name, text in (("status", "show where a running simulation is"),
+                       ("pause", "pause a running simulation at the next turn boundary"),
+                       ("resume", "resume a paused simulation"),
+                       ("stop", "end a running simulation (it prints its summary)")):
+        c = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        add_client_args(c)
+        if name == "status":
+            c.add_argument("--json", action="store_true", help="print the status as JSON")
 
     cfg = sub.add_parser("config", help="timing-model configuration",
                          description="Show the effective timing configuration.")
@@ -163,61 +203,88 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    kernel = resolve_kernel(args.kernel)
+    from .control import ControlServer
+    store = snap.Store(args.snapshot_dir)
+    if args.save:
+        snap.check_name(args.save)
+        store.refuse_existing(args.save, args.force)
     if not args.timing and (args.preset or args.config or args.plot):
         raise CosimError("--preset, --config and --plot need --timing")
     if args.timing and args.mode_given == "fast":
         raise CosimError("--mode fast: the timing model needs trace mode (drop --mode)")
+    if args.warmup and not (args.snapshot and args.timing):
+        raise CosimError(f"--warmup {args.warmup}: only for restoring a snapshot under --timing")
     timing_cfg = timing_config.load(args.preset, args.config) if args.timing else None
-    mode = "trace" if args.timing else (args.mode_given or "fast")
-    config = QemuConfig(kernel=kernel, smp=args.smp, quantum=args.quantum, mode=mode,
-                        memory=args.memory, icount_shift=args.icount_shift)
-    console = args.console if args.console else (sys.stderr if args.json else sys.stdout)
-    started = time.monotonic()
-    bar = tqdm(total=args.max_insns, unit="insn", unit_scale=True, file=sys.stderr,
-               disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True)
-    with Bridge(config, console=console) as bridge:
-        schedule = Schedule(args.smp)
-
-        def progress(report: Report) -> None:
-            bar.update(sum(report.insns) + report.partial_insns)
-
-        timing_doc = None
-        if timing_cfg is not None:
-            model = timing_state.build(timing_cfg, args.smp, [(RAM_BASE, parse_size(args.memory))],
-                                       roi=timing_stats.roi_addresses(kernel))
-            engine = TimingRun(bridge, schedule, model, args.max_insns, on_report=progress)
-            engine.run()
-            timing_doc = timing_stats.document(model, engine.cycles, args.preset,
-                                               str(args.config) if args.config else None)
-            timing_doc["max_time_skew_cycles"] = engine.max_time_skew // TICKS_PER_CYCLE
-        else:
-            run_round_robin(bridge, schedule, max_insns=args.max_insns, on_report=progress)
-        bar.close()
-        wall = time.monotonic() - started
-        exit_code = bridge.exit_code
-        summary = {
-            "kernel": str(kernel), "smp": args.smp, "quantum": args.quantum, "mode": mode,
-            **schedule.as_dict(),
-            "digest": bridge.digest.hexdigest(),
-            "stopped_by": "guest-exit" if schedule.exited else "max-insns",
-            "guest_exit_code": exit_code,
-            "guest_results": RESULT_LINE.findall(bridge.console_text()),
-            "wall_seconds": round(wall, 3),
-            "mips": round(schedule.total / wall / 1e6, 2),
-        }
-        if timing_doc is not None:
-            summary = {"cycles": timing_doc["cycles"], "cores": timing_doc["cores"],
-                       **summary, "timing": timing_doc}
-    if args.plot and timing_doc is not None:
+    snapshot = restorable(store, args) if args.snapshot else None
+    if snapshot is not None:
+        m = snapshot.manifest
+        kernel = Path(m["guest"]["kernel"])
+        smp, memory, shift = m["machine"]["smp"], m["machine"]["memory"], m["icount_shift"]
+        quantum = args.quantum or m["quantum"]
+        if args.warmup and snapshot.has_timing:
+            raise CosimError(f"--warmup {args.warmup}: snapshot {snapshot.name} has timing "
+                             "state already (its caches are warm)")
+    else:
+        kernel = resolve_kernel(args.kernel or DEFAULT_GUEST)
+        smp, memory = args.smp or 4, args.memory or "512M"
+        shift = args.icount_shift or 0
+        quantum = args.quantum or 1000
+        parse_size(memory)
+    spec = RunSpec(
+        kernel=kernel, smp=smp, quantum=quantum,
+        mode="trace" if args.timing else (args.mode_given or "fast"),
+        memory=memory, icount_shift=shift, max_insns=args.max_insns, timing=timing_cfg,
+        preset=args.preset, config_file=args.config, warmup=args.warmup, save=args.save,
+        force=args.force, store=store, snapshot=snapshot,
+        console=args.console if args.console else (sys.stderr if args.json else sys.stdout),
+        paused=args.paused)
+    session = Session(spec)
+    with ControlServer(session, args.listen) as server:
+        if server.token:
+            print(f"cosim: control plane on {args.listen} (port {server.port}), "
+                  f"token {server.token}", file=sys.stderr, flush=True)
+        if args.paused:
+            print(f"cosim: {server.sim_id} is paused; `cosim resume --sim {server.sim_id}` "
+                  "starts it", file=sys.stderr, flush=True)
+        summary = session.run()
+    if args.plot and "timing" in summary:
         from .timing.plots import write_plots
-        write_plots(timing_doc, args.plot)
+        write_plots(summary["timing"], args.plot)
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_summary(summary)
-    return 0 if exit_code in (None, 0) else 1
+    return 0 if summary["guest_exit_code"] in (None, 0) else 1
+
+
+def restorable(store: snap.Store, args: argparse.Namespace) -> snap.Snapshot:
+    """The snapshot of ``--snapshot``, refused (one line) if this QEMU or guest differs."""
+    s = store.load(args.snapshot)
+    m = s.manifest
+    binary = qemu_binary(m["guest"].get("arch", "riscv64"))
+    have = (paths.patch_hash(), snap.build_id(binary))
+    want = (m["qemu"]["patch_hash"], m["qemu"]["build_id"])
+    if have != want:
+        raise CosimError(f"snapshot {s.name} was taken with QEMU patches {want[0]} (build id "
+                         f"{want[1][:12]}); this cosim runs patches {have[0]} (build id "
+                         f"{have[1][:12]}); restore it with that build or take it again")
+    kernel = Path(m["guest"]["kernel"])
+    if args.kernel is not None:
+        kernel = resolve_kernel(args.kernel)
+    if not kernel.is_file():
+        raise CosimError(f"snapshot {s.name}: its guest {kernel} is gone; pass --kernel ELF")
+    if snap.file_digest(kernel) != m["guest"]["kernel_blake2b"]:
+        raise CosimError(f"snapshot {s.name}: guest {kernel} is not the ELF it was taken with "
+                         "(BLAKE2b differs); restoring into another guest is refused")
+    m["guest"]["kernel"] = str(kernel)
+    for flag, given, saved in (("--smp", args.smp, m["machine"]["smp"]),
+                               ("--memory", args.memory, m["machine"]["memory"]),
+                               ("--icount-shift", args.icount_shift, m["icount_shift"])):
+        if given is not None and given != saved:
+            raise CosimError(f"{flag} {given}: snapshot {s.name} has {saved}; a restored "
+                             "machine keeps its shape (drop the flag)")
+    return s
 
 
 def print_summary(s: dict) -> None:
@@ -234,8 +301,93 @@ def print_summary(s: dict) -> None:
     for line in s["guest_results"]:
         print(f"guest: {line}")
     print(f"{s['wall_seconds']:.2f} s wall, {s['mips']:.1f} MIPS")
+    if "restored_from" in s:
+        print(f"restored from snapshot {s['restored_from']}; {s['session_insns']:,} instructions "
+              "in this run")
+    for note in s.get("notes", []):
+        print(f"note: {note}")
+    for saved in s.get("saved", []):
+        print(f"saved snapshot {saved['name']} ({saved['path']})")
     if "timing" in s:
         print(timing_stats.table(s["timing"]))
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    action = args.snapshot_command
+    if action == "save":
+        from .control import pb
+        with client_of(args) as (c, meta):
+            info = c.stub.SaveSnapshot(pb.SaveSnapshotRequest(name=args.name, force=args.force),
+                                       metadata=meta)
+        print(f"saved snapshot {info.name} at {info.total_insns:,} instructions ({info.path}, "
+              f"{info.bytes_on_disk / 2**20:.1f} MiB on disk)")
+        return 0
+    store = snap.Store(args.snapshot_dir)
+    if action == "list":
+        rows = store.list()
+        if not rows:
+            print(f"no snapshots in {store.root}")
+            return 0
+        print(f"snapshots in {store.root}")
+        print(f"{'name':<24} {'created':<25} {'guest':<22} {'vcpus':>5} {'quantum':>8} "
+              f"{'instructions':>14} {'cycles':>14} {'MiB':>8}")
+        for r in rows:
+            if isinstance(r, tuple):
+                print(f"{r[0]:<24} (unreadable: {r[1]})")
+                continue
+            m = r.manifest
+            cycles = f"{m['cycles']:,}" if m.get("cycles") is not None else "-"
+            print(f"{r.name:<24} {m['created']:<25} {Path(m['guest']['kernel']).stem:<22} "
+                  f"{m['machine']['smp']:>5} {m['quantum']:>8} {m['total_insns']:>14,} "
+                  f"{cycles:>14} {snap.size_on_disk(r.path) / 2**20:>8.1f}")
+        return 0
+    if action == "show":
+        s = store.load(args.name)
+        print(json.dumps(dict(s.manifest, path=str(s.path), verified=True,
+                              bytes_on_disk=snap.size_on_disk(s.path)), indent=2))
+        return 0
+    store.remove(args.name)
+    print(f"removed snapshot {args.name} from {store.root}")
+    return 0
+
+
+class client_of:
+    """``with client_of(args) as (client, metadata)``: gRPC errors become one-line CosimErrors."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from .control import connect
+        self.client = connect(args.sim, args.connect, args.token)
+
+    def __enter__(self):
+        return self.client, self.client.metadata
+
+    def __exit__(self, kind, exc, tb) -> None:
+        import grpc
+        self.client.close()
+        if isinstance(exc, grpc.RpcError):
+            raise CosimError(f"{exc.code().name.lower()}: {exc.details()}") from None
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from .control import pb
+    with client_of(args) as (c, meta):
+        rpc = {"status": (c.stub.GetStatus, pb.GetStatusRequest),
+               "pause": (c.stub.Pause, pb.PauseRequest),
+               "resume": (c.stub.Resume, pb.ResumeRequest),
+               "stop": (c.stub.Stop, pb.StopRequest)}[args.command]
+        st = rpc[0](rpc[1](), metadata=meta)
+    if getattr(args, "json", False):
+        print(json.dumps(MessageToDict(st, always_print_fields_with_no_presence=True), indent=2))
+        return 0
+    state = pb.Status.State.Name(st.state).lower()
+    limit = f" of {st.max_insns:,}" if st.max_insns else ""
+    print(f"{st.sim_id}: {state}, {st.total_insns:,}{limit} instructions, {st.mips:.1f} MIPS, "
+          f"{st.wall_seconds:.1f} s" + (f", {st.cycles:,} cycles" if st.timing else "")
+          + (f", from snapshot {st.snapshot}" if st.snapshot else ""))
+    print("  per vCPU: " + " ".join(f"{n:,}" for n in st.insns))
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -265,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"run": cmd_run, "build": cmd_build, "doctor": cmd_doctor,
-                "config": cmd_config, "regress": cmd_regress}
+                "config": cmd_config, "regress": cmd_regress, "snapshot": cmd_snapshot,
+                "status": cmd_client, "pause": cmd_client, "resume": cmd_client,
+                "stop": cmd_client}
     try:
         return handlers[args.command](args)
     except CosimError as e:

@@ -64,6 +64,27 @@ def build(cfg: Config, ncores: int, ram: list[tuple[int, int]],
     return Model(cfg, ncores, hierarchy.Hier(C, Mm, hp, pf, hierarchy.allocate_ownership()), K, ram)
 
 
+#: Per-core scalars that count events (reset after a warm-up); the rest is state.
+_COUNTER_SCALARS = (core.T_IDLE, core.T_LOADS, core.T_STORES, core.T_FETCHES,
+                    core.T_IO, core.T_BUSY)
+
+
+def reset_counters(m: Model) -> None:
+    """Zero every statistic but keep the state (cache contents, queues, local times).
+
+    A warm-up ends with this, so the measured part starts with warm caches
+    and counts only itself.
+    """
+    for a in (m.H.C.stats, m.H.Mm.ctrl_stats, m.H.Mm.tier_stats, m.H.Mm.hist, m.H.Mm.pages,
+              m.K.cpi, m.K.roi):
+        a[...] = 0
+    for col in _COUNTER_SCALARS:
+        m.K.scal[:, col] = 0
+    # instruction numbers in the reorder buffer are relative to T_INSNS
+    m.K.fifo_idx[...] -= m.K.scal[:, core.T_INSNS, None]
+    m.K.scal[:, core.T_INSNS] = 0
+
+
 def _memory(cfg: Config, ram: list[tuple[int, int]]) -> memory.MemArrays:
     line = cfg.llc.line_bytes
     ctrl = []

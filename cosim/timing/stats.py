@@ -123,8 +123,12 @@ def _roi(m: Model) -> dict | None:
     return out
 
 
-def document(m: Model, cycles: int, preset: str | None, config_path: str | None) -> dict:
-    """Every counter of the model, as the JSON document of ``cosim run --timing``."""
+def document(m: Model, cycles: int, preset: str | None, config_path: str | None,
+             time_base: int = 0) -> dict:
+    """Every counter of the model, as the JSON document of ``cosim run --timing``.
+
+    ``time_base``: ticks at the end of a warm-up, which per-core cycles leave out.
+    """
     sc = m.K.scal
     insns = sc[:, core.T_INSNS]
     cores = []
@@ -135,7 +139,7 @@ def document(m: Model, cycles: int, preset: str | None, config_path: str | None)
                  for i, name in enumerate(core.CAT_NAMES)}
         cores.append({
             "core": c,
-            "cycles": int(sc[c, core.T_TIME]) // T,
+            "cycles": (int(sc[c, core.T_TIME]) - time_base) // T,
             "busy_cycles": busy,
             "idle_cycles": int(sc[c, core.T_IDLE]) // T,
             "instructions": n,

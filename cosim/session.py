@@ -1,0 +1,345 @@
+"""One simulation: QEMU through the bridge, the schedule, the timing model,
+snapshots, and the hook the control plane uses between reports.
+
+``cosim run`` builds a ``RunSpec`` and calls ``Session.run()``. Between two
+bridge reports (a turn boundary, and with round-robin a round boundary) the
+session is in a consistent state: QEMU waits for a command, the schedule
+and digest have accounted every finished turn and the timing model has
+consumed them. That is where it saves snapshots and serves control
+requests (``control.Controller``), so neither ever sees half a turn.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import msgpack
+
+from . import __version__, paths
+from . import snapshot as snap
+from .errors import CosimError
+from .libqflex_bridge import Bridge, QemuConfig, Report, qemu_binary
+from .progress import Progress
+from .quantum import Schedule, run_round_robin
+from .timing import config as timing_config
+from .timing import core
+from .timing import persist
+from .timing import state as timing_state
+from .timing import stats as timing_stats
+from .timing.config import Config
+from .timing.engine import TimingRun
+from .timing.memory import TICKS_PER_CYCLE
+
+if TYPE_CHECKING:
+    from .control import Controller
+
+#: riscv64 ``virt``: RAM starts here (QEMU hw/riscv/virt.c)
+RAM_BASE = 0x8000_0000
+RESULT_LINE = re.compile(r"^RESULT .*$", re.M)
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a QEMU-style size (``512M``, ``2G``; a bare number is MiB)."""
+    m = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
+    if not m:
+        raise CosimError(f"--memory {text!r}: want a size such as 512M or 2G")
+    scale = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
+    return int(m.group(1)) * scale
+
+
+@dataclass
+class RunSpec:
+    """Everything a run is made of; from the command line, or from a snapshot plus overrides."""
+
+    kernel: Path
+    smp: int = 4
+    quantum: int = 1000
+    mode: str = "fast"
+    memory: str = "512M"
+    icount_shift: int = 0
+    max_insns: int | None = None        # instructions to run in this session
+    timing: Config | None = None
+    preset: str | None = None
+    config_file: Path | None = None
+    warmup: int = 0                     # timing without saved timing state: warm-up instructions
+    save: str | None = None             # snapshot name to save at the end
+    force: bool = False
+    store: snap.Store = field(default_factory=snap.Store)
+    snapshot: snap.Snapshot | None = None   # restore from this
+    console: TextIO | Path | None = None
+    paused: bool = False                # start paused (wait for the control plane)
+
+
+class Session:
+    """A running simulation (see module docstring)."""
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.config = QemuConfig(
+            kernel=spec.kernel, smp=spec.smp, quantum=spec.quantum, mode=spec.mode,
+            memory=spec.memory, icount_shift=spec.icount_shift,
+            loadext=spec.snapshot.path if spec.snapshot else None)
+        self.bridge = Bridge(self.config, console=spec.console)
+        self.schedule = Schedule(spec.smp)
+        self.model: timing_state.Model | None = None
+        self.engine: TimingRun | None = None
+        self.controller: Controller | None = None
+        self.state = "starting"
+        self.stopped_by = ""
+        self.notes: list[str] = []          # what a restore changed or left cold
+        self.saved: list[snap.Snapshot] = []
+        self.time_base = 0                  # ticks at the end of a warm-up
+        self._resume_engine: dict | None = None   # TimingRun.state() of a restored snapshot
+        self._start_insns = 0
+        self._started = time.monotonic()
+        self._stop = False
+        self._lock = threading.Lock()
+        self._status: dict = {}
+        self._progress: Progress | None = None
+        self.final_summary: dict | None = None
+        self._publish()
+
+    # -- the run -------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Run to the end (guest exit, limit, or a Stop request); returns the summary."""
+        spec = self.spec
+        with self.bridge:
+            if spec.snapshot is not None:
+                self._restore(spec.snapshot)
+            self._start_insns = self.schedule.total
+            limit = None if spec.max_insns is None else self._start_insns + spec.max_insns
+            self._progress = Progress(spec.max_insns, start=self._start_insns)
+            self._started = time.monotonic()
+            self.state = "paused" if spec.paused else "running"
+            self._publish()
+            try:
+                if spec.paused and self.controller is not None:
+                    self._stop = self.controller.serve_paused()
+                if not self._stop:
+                    if spec.timing is not None:
+                        self._run_timing(limit)
+                    else:
+                        run_round_robin(self.bridge, self.schedule, max_insns=limit,
+                                        on_report=self._on_report,
+                                        whole_rounds=spec.save is not None)
+                if spec.save is not None and not self.schedule.exited:
+                    self.save(spec.save, spec.force)
+            finally:
+                self._progress.close()
+            self.stopped_by = ("guest-exit" if self.schedule.exited else
+                               "control-stop" if self._stop else "max-insns")
+            self.state = "finished"
+            summary = self.summary()
+            self.final_summary = summary
+            self._publish()
+        return summary
+
+    def _run_timing(self, limit: int | None) -> None:
+        spec = self.spec
+        assert spec.timing is not None
+        resume = None
+        if self.model is None:
+            self.model = timing_state.build(spec.timing, spec.smp,
+                                            [(RAM_BASE, parse_size(spec.memory))],
+                                            roi=timing_stats.roi_addresses(spec.kernel))
+            if spec.snapshot is not None and spec.warmup > 0:
+                warm = TimingRun(self.bridge, self.schedule, self.model,
+                                 self.schedule.total + spec.warmup,
+                                 on_report=self._on_report, whole_turns=True)
+                warm.run()
+                resume = warm.state()
+                self.time_base = int(self.model.K.scal[:, core.T_TIME].max())
+                timing_state.reset_counters(self.model)
+                self.notes.append(f"warmed up the caches for {spec.warmup:,} instructions "
+                                  f"({self.time_base // TICKS_PER_CYCLE:,} cycles, not counted)")
+                self._start_insns = self.schedule.total
+                if limit is not None:
+                    limit += spec.warmup
+        else:
+            resume = self._resume_engine
+        self.engine = TimingRun(self.bridge, self.schedule, self.model, limit,
+                                on_report=self._on_report, whole_turns=spec.save is not None,
+                                resume=resume)
+        if not (self._stop or self.schedule.exited):
+            self.engine.run()
+
+    def _on_report(self, report: Report) -> bool:
+        """Between reports: progress, publish status, serve control requests."""
+        assert self._progress is not None
+        self._progress.update(self.schedule.total, self.sim_seconds())
+        self._publish()
+        if self.controller is not None and self.controller.poll():
+            self._stop = True
+        return self._stop
+
+    # -- snapshots -----------------------------------------------------------
+
+    def save(self, name: str, force: bool = False) -> snap.Snapshot:
+        """Save at the current report boundary and continue (the VM pauses briefly)."""
+        store = self.spec.store
+        tmp = store.begin(name, force)
+        try:
+            plugin_state = self.bridge.pause()
+            disks = self.bridge.save_machine(tmp)
+            (tmp / snap.PLUGIN_STATE).write_bytes(msgpack.packb(plugin_state))
+            (tmp / snap.RUN_STATE).write_bytes(msgpack.packb(
+                {"schedule": self.schedule.state(), "digest": self.bridge.digest.state()}))
+            if self.model is not None:
+                engine = self.engine.state() if self.engine is not None else self._resume_engine
+                (tmp / snap.TIMING_STATE).write_bytes(persist.dumps(
+                    self.model, dict(engine, time_base=self.time_base),
+                    timing_config.show(self.model.cfg, "timing configuration of the snapshot"),
+                    self.model.cfg.digest()))
+            saved = store.commit(tmp, name, self._manifest(disks), force)
+        except BaseException:
+            store.abort(tmp)
+            raise
+        finally:
+            if not self.bridge.exited:
+                self.bridge.resume()
+        self.saved.append(saved)
+        return saved
+
+    def _manifest(self, disks: list[dict]) -> dict:
+        spec = self.spec
+        binary = qemu_binary(self.bridge.arch)
+        timing = None
+        if self.model is not None:
+            timing = {"config_digest": self.model.cfg.digest(), "preset": spec.preset,
+                      "config_file": str(spec.config_file) if spec.config_file else None}
+        return {
+            "cosim_version": __version__,
+            "created": snap.now_iso(),
+            "qemu": {"binary": str(binary), "build_id": snap.build_id(binary),
+                     "patch_hash": paths.patch_hash(), "version": paths.QEMU_DEBIAN_VERSION},
+            "guest": {"arch": self.bridge.arch, "kernel": str(spec.kernel),
+                      "kernel_blake2b": snap.file_digest(spec.kernel)},
+            "machine": {"smp": spec.smp, "memory": spec.memory, "seed": self.config.seed},
+            "command_line": self.bridge.command_line(),
+            "quantum": spec.quantum,
+            "icount_shift": spec.icount_shift,
+            "mode": spec.mode,
+            "timing": timing,
+            "insns": list(self.schedule.insns),
+            "total_insns": self.schedule.total,
+            "cycles": self.cycles(),
+            "digest": self.bridge.digest.hexdigest(),
+            "disks": disks,
+            "restored_from": spec.snapshot.name if spec.snapshot else None,
+        }
+
+    def _restore(self, s: snap.Snapshot) -> None:
+        """After ``bridge.start()`` with -loadext: plugin, schedule, digest, timing."""
+        try:
+            plugin_state = msgpack.unpackb(s.read(snap.PLUGIN_STATE))
+            run_state = msgpack.unpackb(s.read(snap.RUN_STATE))
+            self.bridge.load_plugin_state(plugin_state)
+            self.schedule.load(run_state["schedule"])
+            self.bridge.digest.load(run_state["digest"])
+        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
+            raise CosimError(f"snapshot {s.name}: its plugin or run state is unreadable ({e})") \
+                from None
+        if self.spec.quantum != s.manifest["quantum"]:
+            self.notes.append(f"quantum {self.spec.quantum} (the snapshot ran with "
+                              f"{s.manifest['quantum']})")
+        if self.spec.timing is None:
+            return
+        if not s.has_timing:
+            if self.spec.warmup == 0:
+                self.notes.append("the snapshot has no timing state: caches start cold "
+                                  "(add --warmup N to warm them first)")
+            return
+        try:
+            doc = persist.loads(s.read(snap.TIMING_STATE))
+        except ValueError as e:
+            raise CosimError(f"snapshot {s.name}: {snap.TIMING_STATE}: {e}") from None
+        self.model = timing_state.build(self.spec.timing, self.spec.smp,
+                                        [(RAM_BASE, parse_size(self.spec.memory))],
+                                        roi=timing_stats.roi_addresses(self.spec.kernel))
+        try:
+            cold = persist.restore(self.model, doc)
+        except ValueError as e:
+            raise CosimError(f"snapshot {s.name}: {e}") from None
+        self._resume_engine = doc["engine"]
+        self.time_base = int(doc["engine"].get("time_base", 0))
+        if doc["config_digest"] != self.model.cfg.digest():
+            self.notes.append(f"timing configuration {self.model.cfg.digest()} differs from the "
+                              f"snapshot's {doc['config_digest']}")
+        if cold:
+            self.notes.append("started cold (shape changed): " + ", ".join(cold))
+
+    # -- what the control plane and the summary read ---------------------------
+
+    def cycles(self) -> int | None:
+        if self.model is None:
+            return None
+        ticks = int(self.model.K.scal[:, core.T_TIME].max()) - self.time_base
+        return ticks // TICKS_PER_CYCLE
+
+    def sim_seconds(self) -> float | None:
+        c = self.cycles()
+        return None if c is None or self.model is None else c / (self.model.cfg.core.frequency_ghz * 1e9)
+
+    def _publish(self) -> None:
+        """A copy of the status the control plane serves from another thread."""
+        wall = time.monotonic() - self._started
+        done = self.schedule.total - self._start_insns
+        status = {
+            "state": self.state, "kernel": str(self.spec.kernel), "vcpus": self.spec.smp,
+            "quantum": self.spec.quantum, "mode": self.spec.mode,
+            "insns": list(self.schedule.insns), "total_insns": self.schedule.total,
+            "max_insns": (self._start_insns + self.spec.max_insns) if self.spec.max_insns else 0,
+            "wall_seconds": wall, "mips": done / wall / 1e6 if wall > 0 else 0.0,
+            "cycles": self.cycles() or 0, "timing": self.spec.timing is not None,
+            "snapshot": self.spec.snapshot.name if self.spec.snapshot else "",
+            "stopped_by": self.stopped_by,
+        }
+        with self._lock:
+            self._status = status
+
+    def status(self) -> dict:
+        with self._lock:
+            return dict(self._status)
+
+    def timing_document(self) -> dict | None:
+        if self.model is None:
+            return None
+        cycles = self.cycles() or 0
+        doc = timing_stats.document(self.model, cycles, self.spec.preset,
+                                    str(self.spec.config_file) if self.spec.config_file else None,
+                                    time_base=self.time_base)
+        if self.engine is not None:
+            doc["max_time_skew_cycles"] = self.engine.max_time_skew // TICKS_PER_CYCLE
+        return doc
+
+    def summary(self) -> dict:
+        wall = time.monotonic() - self._started
+        done = self.schedule.total - self._start_insns
+        s = {
+            "kernel": str(self.spec.kernel), "smp": self.spec.smp, "quantum": self.spec.quantum,
+            "mode": self.spec.mode,
+            **self.schedule.as_dict(),
+            "digest": self.bridge.digest.hexdigest(),
+            "stopped_by": self.stopped_by,
+            "guest_exit_code": self.bridge.exit_code,
+            "guest_results": RESULT_LINE.findall(self.bridge.console_text()),
+            "wall_seconds": round(wall, 3),
+            "mips": round(done / wall / 1e6, 2) if wall > 0 else 0.0,
+            "session_insns": done,
+        }
+        if self.spec.snapshot is not None:
+            s["restored_from"] = self.spec.snapshot.name
+        if self.notes:
+            s["notes"] = self.notes
+        if self.saved:
+            s["saved"] = [{"name": x.name, "path": str(x.path)} for x in self.saved]
+        doc = self.timing_document()
+        if doc is not None:
+            s = {"cycles": doc["cycles"], "cores": doc["cores"], **s, "timing": doc}
+        return s
