@@ -20,7 +20,7 @@ from elftools.elf.elffile import ELFFile
 from . import __version__, build, paths
 from . import snapshot as snap
 from .errors import CosimError
-from .libqflex_bridge import qemu_binary
+from .libqflex_bridge import QemuConfig, qemu_binary
 from .session import RunSpec, Session, parse_size
 from .timing import config as timing_config
 from .timing import stats as timing_stats
@@ -230,10 +230,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         shift = args.icount_shift or 0
         quantum = args.quantum or 1000
         parse_size(memory)
+    machine = QemuConfig(kernel=kernel, smp=smp, quantum=quantum, memory=memory,
+                         mode="trace" if args.timing else (args.mode_given or "fast"),
+                         icount_shift=shift)
     spec = RunSpec(
-        kernel=kernel, smp=smp, quantum=quantum,
-        mode="trace" if args.timing else (args.mode_given or "fast"),
-        memory=memory, icount_shift=shift, max_insns=args.max_insns, timing=timing_cfg,
+        machine=machine, max_insns=args.max_insns, timing=timing_cfg,
         preset=args.preset, config_file=args.config, warmup=args.warmup, save=args.save,
         force=args.force, store=store, snapshot=snapshot,
         console=args.console if args.console else (sys.stderr if args.json else sys.stdout),

@@ -252,7 +252,7 @@ class Servicer(pb_grpc.ControlServicer):
 
     def Step(self, request, context):
         self._guard(context)
-        nvcpus = self.c.session.spec.smp
+        nvcpus = self.c.session.config.smp
         if not 0 <= request.vcpu < nvcpus:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"vcpu {request.vcpu}: this run has vCPUs 0..{nvcpus - 1}")
@@ -305,7 +305,7 @@ class ControlServer:
     def __init__(self, session, listen: str | None = None) -> None:
         self.controller = Controller(session)
         self.dir = runtime_dir()
-        self.sim_id = f"{Path(session.spec.kernel).stem}-{os.getpid()}"
+        self.sim_id = f"{Path(session.config.kernel).stem}-{os.getpid()}"
         self.socket = self.dir / f"{self.sim_id}.sock"
         self.info_path = self.dir / f"{self.sim_id}.json"
         self.listen = listen
@@ -332,7 +332,7 @@ class ControlServer:
         os.chmod(self.socket, 0o600)
         info = {"id": self.sim_id, "pid": os.getpid(), "socket": str(self.socket),
                 "listen": self.listen, "port": self.port, "token": self.token,
-                "kernel": str(self.controller.session.spec.kernel), "started": snap.now_iso()}
+                "kernel": str(self.controller.session.config.kernel), "started": snap.now_iso()}
         fd = os.open(self.info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)

@@ -56,12 +56,7 @@ def parse_size(text: str) -> int:
 class RunSpec:
     """Everything a run is made of; from the command line, or from a snapshot plus overrides."""
 
-    kernel: Path
-    smp: int = 4
-    quantum: int = 1000
-    mode: str = "fast"
-    memory: str = "512M"
-    icount_shift: int = 0
+    machine: QemuConfig                 # guest, vCPUs, quantum, mode, RAM, icount shift
     max_insns: int | None = None        # instructions to run in this session
     timing: Config | None = None
     preset: str | None = None
@@ -80,12 +75,10 @@ class Session:
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
-        self.config = QemuConfig(
-            kernel=spec.kernel, smp=spec.smp, quantum=spec.quantum, mode=spec.mode,
-            memory=spec.memory, icount_shift=spec.icount_shift,
-            loadext=spec.snapshot.path if spec.snapshot else None)
+        self.config = spec.machine
+        self.config.loadext = spec.snapshot.path if spec.snapshot else None
         self.bridge = Bridge(self.config, console=spec.console)
-        self.schedule = Schedule(spec.smp)
+        self.schedule = Schedule(self.config.smp)
         self.model: timing_state.Model | None = None
         self.engine: TimingRun | None = None
         self.controller: Controller | None = None
@@ -128,7 +121,12 @@ class Session:
                         run_round_robin(self.bridge, self.schedule, max_insns=limit,
                                         on_report=self._on_report,
                                         whole_rounds=spec.save is not None)
-                if spec.save is not None and not self.schedule.exited:
+                if spec.save is not None:
+                    if self.schedule.exited:
+                        raise CosimError(
+                            f"--save {spec.save}: the guest exited after "
+                            f"{self.schedule.total:,} instructions, before the save point; "
+                            "nothing was saved (lower --max-insns)")
                     self.save(spec.save, spec.force)
             finally:
                 self._progress.close()
@@ -145,9 +143,7 @@ class Session:
         assert spec.timing is not None
         resume = None
         if self.model is None:
-            self.model = timing_state.build(spec.timing, spec.smp,
-                                            [(RAM_BASE, parse_size(spec.memory))],
-                                            roi=timing_stats.roi_addresses(spec.kernel))
+            self.model = self._build_model()
             if spec.snapshot is not None and spec.warmup > 0:
                 warm = TimingRun(self.bridge, self.schedule, self.model,
                                  self.schedule.total + spec.warmup,
@@ -168,6 +164,12 @@ class Session:
                                 resume=resume)
         if not (self._stop or self.schedule.exited):
             self.engine.run()
+
+    def _build_model(self) -> timing_state.Model:
+        assert self.spec.timing is not None
+        c = self.config
+        return timing_state.build(self.spec.timing, c.smp, [(RAM_BASE, parse_size(c.memory))],
+                                  roi=timing_stats.roi_addresses(c.kernel))
 
     def _on_report(self, report: Report) -> bool:
         """Between reports: progress, publish status, serve control requests."""
@@ -191,7 +193,8 @@ class Session:
             (tmp / snap.RUN_STATE).write_bytes(msgpack.packb(
                 {"schedule": self.schedule.state(), "digest": self.bridge.digest.state()}))
             if self.model is not None:
-                engine = self.engine.state() if self.engine is not None else self._resume_engine
+                engine = (self.engine.state() if self.engine is not None else
+                          self._resume_engine or {"pending_idle": -1, "max_time_skew": 0})
                 (tmp / snap.TIMING_STATE).write_bytes(persist.dumps(
                     self.model, dict(engine, time_base=self.time_base),
                     timing_config.show(self.model.cfg, "timing configuration of the snapshot"),
@@ -218,13 +221,14 @@ class Session:
             "created": snap.now_iso(),
             "qemu": {"binary": str(binary), "build_id": snap.build_id(binary),
                      "patch_hash": paths.patch_hash(), "version": paths.QEMU_DEBIAN_VERSION},
-            "guest": {"arch": self.bridge.arch, "kernel": str(spec.kernel),
-                      "kernel_blake2b": snap.file_digest(spec.kernel)},
-            "machine": {"smp": spec.smp, "memory": spec.memory, "seed": self.config.seed},
+            "guest": {"arch": self.bridge.arch, "kernel": str(self.config.kernel),
+                      "kernel_blake2b": snap.file_digest(self.config.kernel)},
+            "machine": {"smp": self.config.smp, "memory": self.config.memory,
+                        "seed": self.config.seed},
             "command_line": self.bridge.command_line(),
-            "quantum": spec.quantum,
-            "icount_shift": spec.icount_shift,
-            "mode": spec.mode,
+            "quantum": self.config.quantum,
+            "icount_shift": self.config.icount_shift,
+            "mode": self.config.mode,
             "timing": timing,
             "insns": list(self.schedule.insns),
             "total_insns": self.schedule.total,
@@ -245,8 +249,8 @@ class Session:
         except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
             raise CosimError(f"snapshot {s.name}: its plugin or run state is unreadable ({e})") \
                 from None
-        if self.spec.quantum != s.manifest["quantum"]:
-            self.notes.append(f"quantum {self.spec.quantum} (the snapshot ran with "
+        if self.config.quantum != s.manifest["quantum"]:
+            self.notes.append(f"quantum {self.config.quantum} (the snapshot ran with "
                               f"{s.manifest['quantum']})")
         if self.spec.timing is None:
             return
@@ -259,9 +263,7 @@ class Session:
             doc = persist.loads(s.read(snap.TIMING_STATE))
         except ValueError as e:
             raise CosimError(f"snapshot {s.name}: {snap.TIMING_STATE}: {e}") from None
-        self.model = timing_state.build(self.spec.timing, self.spec.smp,
-                                        [(RAM_BASE, parse_size(self.spec.memory))],
-                                        roi=timing_stats.roi_addresses(self.spec.kernel))
+        self.model = self._build_model()
         try:
             cold = persist.restore(self.model, doc)
         except ValueError as e:
@@ -291,8 +293,8 @@ class Session:
         wall = time.monotonic() - self._started
         done = self.schedule.total - self._start_insns
         status = {
-            "state": self.state, "kernel": str(self.spec.kernel), "vcpus": self.spec.smp,
-            "quantum": self.spec.quantum, "mode": self.spec.mode,
+            "state": self.state, "kernel": str(self.config.kernel), "vcpus": self.config.smp,
+            "quantum": self.config.quantum, "mode": self.config.mode,
             "insns": list(self.schedule.insns), "total_insns": self.schedule.total,
             "max_insns": (self._start_insns + self.spec.max_insns) if self.spec.max_insns else 0,
             "wall_seconds": wall, "mips": done / wall / 1e6 if wall > 0 else 0.0,
@@ -322,8 +324,8 @@ class Session:
         wall = time.monotonic() - self._started
         done = self.schedule.total - self._start_insns
         s = {
-            "kernel": str(self.spec.kernel), "smp": self.spec.smp, "quantum": self.spec.quantum,
-            "mode": self.spec.mode,
+            "kernel": str(self.config.kernel), "smp": self.config.smp,
+            "quantum": self.config.quantum, "mode": self.config.mode,
             **self.schedule.as_dict(),
             "digest": self.bridge.digest.hexdigest(),
             "stopped_by": self.stopped_by,

@@ -1,0 +1,129 @@
+"""The gRPC control plane, served by a real `cosim run` (QEMU, plugin, bridge)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import REPO, cosim
+from cosim import control
+from cosim.trace import RECORD_DTYPE
+from cosim.v1 import control_pb2 as pb
+from cosim.v1 import control_pb2_grpc as pb_grpc
+
+
+@pytest.fixture
+def paused_run(tmp_path: Path):
+    """A 2-hart trace-mode run started paused, serving unix and TCP (port 0: any free one)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cosim.cli", "run", "--json", "--kernel", "spinlock", "--smp", "2",
+         "--mode", "trace", "--paused", "--listen", "127.0.0.1:0",
+         "--snapshot-dir", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    m = re.search(r"\(port (\d+)\), token (\S+)", line)
+    assert m, line + proc.stderr.read()
+    info = next(s for s in wait_for_sims(proc.pid) if s["pid"] == proc.pid)
+    unix = grpc.insecure_channel(f"unix:{info['socket']}")
+    tcp = grpc.insecure_channel(f"127.0.0.1:{m.group(1)}")
+    stub = pb_grpc.ControlStub(unix)
+    deadline = time.monotonic() + 30
+    while stub.GetStatus(pb.GetStatusRequest()).state != pb.Status.PAUSED:
+        assert time.monotonic() < deadline, "the run did not reach its paused start"
+        time.sleep(0.05)
+    yield proc, pb_grpc.ControlStub(unix), pb_grpc.ControlStub(tcp), m.group(2), info
+    unix.close()
+    tcp.close()
+    proc.kill()
+    proc.wait()
+
+
+def wait_for_sims(pid: int) -> list[dict]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sims = control.running_sims()
+        if any(s["pid"] == pid for s in sims):
+            return sims
+        time.sleep(0.05)
+    raise AssertionError("the run did not register its control socket")
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    return e.value.code()
+
+
+def test_bad_requests_are_rejected_and_the_server_keeps_serving(paused_run) -> None:
+    proc, stub, _, _, info = paused_run
+    assert stub.GetStatus(pb.GetStatusRequest()).state == pb.Status.PAUSED
+    for vcpu, n in ((2, 100), (-1, 100), (99, 100), (0, 0), (1, -5)):
+        assert code_of(lambda: stub.Step(pb.StepRequest(vcpu=vcpu, n=n))) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+    for name in ("a/b", "..", "../up", ""):
+        assert code_of(lambda: stub.SaveSnapshot(pb.SaveSnapshotRequest(name=name))) == \
+            grpc.StatusCode.INVALID_ARGUMENT
+    # still serving, and a valid Step runs exactly n instructions with its trace
+    resp = stub.Step(pb.StepRequest(vcpu=1, n=500))
+    assert [(t.vcpu, t.executed) for t in resp.turns] == [(1, 500)]
+    recs = np.frombuffer(resp.turns[0].records, dtype=RECORD_DTYPE)
+    assert len(recs) > 0 and recs["idx"].max() < 500
+    assert list(resp.status.insns) == [0, 500]
+    st = stub.Resume(pb.ResumeRequest())
+    assert st.state == pb.Status.RUNNING
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped_by"] == "guest-exit" and summary["guest_results"]
+    assert not Path(info["socket"]).exists(), "the socket should go with the run"
+
+
+def test_tcp_needs_the_token(paused_run) -> None:
+    proc, unix, tcp, token, _ = paused_run
+    assert code_of(lambda: tcp.Stop(pb.StopRequest())) == grpc.StatusCode.UNAUTHENTICATED
+    bad = (("authorization", "Bearer not-the-token"),)
+    assert code_of(lambda: tcp.Stop(pb.StopRequest(), metadata=bad)) == \
+        grpc.StatusCode.UNAUTHENTICATED
+    assert proc.poll() is None
+    assert unix.GetStatus(pb.GetStatusRequest()).state == pb.Status.PAUSED
+    good = (("authorization", f"Bearer {token}"),)
+    assert tcp.GetStatus(pb.GetStatusRequest(), metadata=good).vcpus == 2
+    tcp.Stop(pb.StopRequest(), metadata=good)
+    out, _ = proc.communicate(timeout=60)
+    assert json.loads(out)["stopped_by"] == "control-stop"
+
+
+def test_cli_clients_and_progress_stream(paused_run) -> None:
+    proc, stub, _, _, info = paused_run
+    sim = ("--sim", info["id"])
+    status = cosim("status", *sim, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "PAUSED"
+    assert cosim("resume", *sim).returncode == 0
+    watched = list(stub.WatchProgress(pb.WatchProgressRequest(interval_seconds=0.05)))
+    assert watched[-1].state == pb.Status.FINISHED
+    totals = [s.total_insns for s in watched]
+    assert totals == sorted(totals) and totals[-1] > 0
+    out, _ = proc.communicate(timeout=60)
+    assert json.loads(out)["total_insns"] == totals[-1]
+    gone = cosim("status", *sim)
+    assert gone.returncode == 2 and "no such run" in gone.stderr
+
+
+def test_stubs_match_the_proto(tmp_path: Path) -> None:
+    """cosim/v1 is checked in; it must be what grpcio-tools makes of the .proto now."""
+    from grpc_tools import protoc
+    rc = protoc.main(["protoc", f"-I{REPO / 'protos'}", f"--python_out={tmp_path}",
+                      f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}",
+                      str(REPO / "protos" / "cosim" / "v1" / "control.proto")])
+    assert rc == 0
+    for name in ("control_pb2.py", "control_pb2.pyi", "control_pb2_grpc.py"):
+        assert (tmp_path / "cosim" / "v1" / name).read_text() == \
+            (REPO / "cosim" / "v1" / name).read_text(), f"regenerate {name} (see the .proto)"

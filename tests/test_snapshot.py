@@ -1,0 +1,280 @@
+"""Snapshots: a restored run continues exactly where the straight run would be.
+
+Every run here is the real patched QEMU, plugin and bridge in its own
+process (the CLI), so "restore in a fresh process" is literal.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cosim, cosim_json
+from cosim import snapshot as snap
+
+TIMING_KEYS = ("cycles", "cores", "timing")
+
+
+def outcome(out: dict, console: str = "") -> dict:
+    """What must match between a straight run and a split one."""
+    keep = {
+        "insns": [v["insns"] for v in out["vcpus"]],
+        "turns": [v["turns"] for v in out["vcpus"]],
+        "halted": [v["halted_turns"] for v in out["vcpus"]],
+        "total": out["total_insns"],
+        "digest": out["digest"],
+        "results": out["guest_results"],
+        "short_turns": out["short_turns"],
+        "stopped_by": out["stopped_by"],
+    }
+    for k in TIMING_KEYS:
+        if k in out:
+            keep[k] = out[k]
+    return keep
+
+
+def run_json(*args: str) -> dict:
+    return cosim_json(*args)
+
+
+CASES = [
+    # (guest, harts, first half, extra flags)
+    ("gups-ws1m-n20000", 1, 600_000, ()),
+    ("spinlock", 4, 4_000_000, ()),
+    ("gups-ws1m-n20000", 1, 600_000, ("--timing",)),
+    ("spinlock-n4000", 4, 400_000, ("--timing",)),
+]
+
+
+@pytest.mark.parametrize("guest,smp,half,extra", CASES,
+                         ids=["fast-1", "fast-4", "timing-1", "timing-4"])
+def test_continuation_matches_straight_run(tmp_path: Path, guest: str, smp: int, half: int,
+                                           extra: tuple) -> None:
+    base = ("--kernel", guest, "--smp", str(smp), "--quantum", "1000",
+            "--snapshot-dir", str(tmp_path), *extra)
+    mode = () if extra else ("--mode", "trace")
+    # N straight versus N/2, save, restore in a fresh process, N/2 more
+    straight = run_json(*base, *mode, "--max-insns", str(2 * half))
+    first = run_json(*base, *mode, "--max-insns", str(half), "--save", "half")
+    # the save point is the first round (timing: turn) boundary at or after N/2
+    assert half <= first["total_insns"] < half + smp * 1000
+    second = run_json("--snapshot", "half", "--snapshot-dir", str(tmp_path), *extra, *mode,
+                      "--max-insns", str(2 * half - first["total_insns"]))
+    assert second["restored_from"] == "half"
+    assert outcome(second) == outcome(straight)
+    # and to the end of the guest: the same output, counts, digest (and cycles)
+    to_end = run_json(*base, *mode)
+    rest = run_json("--snapshot", "half", "--snapshot-dir", str(tmp_path), *extra, *mode)
+    assert to_end["guest_results"], "guest printed no RESULT line"
+    assert outcome(rest) == outcome(to_end)
+
+
+def test_same_snapshot_restored_five_times(tmp_path: Path) -> None:
+    d = ("--snapshot-dir", str(tmp_path))
+    run_json("--kernel", "false_sharing", "--smp", "4", "--mode", "trace",
+             "--max-insns", "200000", "--save", "fs", *d)
+    results = [outcome(run_json("--snapshot", "fs", "--mode", "trace", *d)) for _ in range(5)]
+    assert results[0]["results"], "guest printed no RESULT line"
+    assert all(r == results[0] for r in results[1:])
+
+
+def test_restore_with_another_quantum_is_allowed_and_noted(tmp_path: Path) -> None:
+    d = ("--snapshot-dir", str(tmp_path))
+    run_json("--kernel", "spinlock", "--max-insns", "400000", "--save", "q", *d)
+    out = run_json("--snapshot", "q", "--quantum", "500", *d)
+    assert out["quantum"] == 500
+    assert any("quantum 500" in n for n in out["notes"])
+    assert out["guest_results"] and out["stopped_by"] == "guest-exit"
+
+
+def test_timing_restore_without_timing_state_warms_up(tmp_path: Path) -> None:
+    d = ("--snapshot-dir", str(tmp_path))
+    run_json("--kernel", "pchase-ws65536-it1000000", "--smp", "1", "--max-insns", "150000",
+             "--save", "plain", *d)
+    cold = run_json("--snapshot", "plain", "--timing", "--max-insns", "200000", *d)
+    warm = run_json("--snapshot", "plain", "--timing", "--warmup", "200000",
+                    "--max-insns", "200000", *d)
+    assert any("caches start cold" in n for n in cold["notes"])
+    assert any("warmed up" in n for n in warm["notes"])
+    assert warm["cores"][0]["instructions"] == 200_000
+    # the same 200k instructions cost less with the 64 KiB ring already in L2
+    assert warm["cycles"] < cold["cycles"]
+
+
+# -- refusals and damage: clear errors, nothing lost -------------------------
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("snaps")
+    run_json("--kernel", "spinlock", "--smp", "2", "--max-insns", "100000", "--save", "ok",
+             "--snapshot-dir", str(root))
+    return root
+
+
+def damaged_copy(saved: Path, tmp_path: Path, name: str) -> Path:
+    shutil.copytree(saved / "ok", tmp_path / name)
+    return tmp_path / name
+
+
+def restore_error(root: Path, name: str) -> str:
+    proc = cosim("run", "--snapshot", name, "--snapshot-dir", str(root))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cosim: error: "), proc.stderr
+    return lines[0]
+
+
+def test_truncated_machine_state_is_refused(saved: Path, tmp_path: Path) -> None:
+    d = damaged_copy(saved, tmp_path, "cut")
+    state = d / snap.MACHINE_STATE
+    data = state.read_bytes()
+    state.write_bytes(data[: len(data) // 2])
+    assert "machine.state is truncated" in restore_error(tmp_path, "cut")
+    assert state.stat().st_size == len(data) // 2, "the damaged file must be left alone"
+
+
+def test_corrupt_state_is_refused(saved: Path, tmp_path: Path) -> None:
+    d = damaged_copy(saved, tmp_path, "flip")
+    state = d / snap.RUN_STATE
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    state.write_bytes(bytes(data))
+    assert "run.msgpack is corrupt" in restore_error(tmp_path, "flip")
+    assert d.is_dir()
+
+
+def test_missing_manifest_is_refused(saved: Path, tmp_path: Path) -> None:
+    d = damaged_copy(saved, tmp_path, "nomani")
+    (d / snap.MANIFEST).unlink()
+    assert "manifest.json is missing" in restore_error(tmp_path, "nomani")
+    assert (d / snap.MACHINE_STATE).is_file()
+
+
+def test_other_qemu_build_is_refused(saved: Path, tmp_path: Path) -> None:
+    d = damaged_copy(saved, tmp_path, "oldqemu")
+    m = json.loads((d / snap.MANIFEST).read_text())
+    m["qemu"]["build_id"] = "0" * 40
+    (d / snap.MANIFEST).write_text(json.dumps(m))
+    assert "restore it with that build" in restore_error(tmp_path, "oldqemu")
+
+
+def test_other_guest_is_refused(saved: Path, tmp_path: Path) -> None:
+    proc = cosim("run", "--snapshot", "ok", "--kernel", "atomic", "--snapshot-dir", str(saved))
+    assert proc.returncode == 2
+    assert "restoring into another guest is refused" in proc.stderr
+
+
+def test_saving_over_a_name_needs_force(saved: Path) -> None:
+    before = (saved / "ok" / snap.MANIFEST).read_text()
+    args = ("run", "--kernel", "spinlock", "--smp", "2", "--max-insns", "50000",
+            "--save", "ok", "--snapshot-dir", str(saved))
+    proc = cosim(*args)
+    assert proc.returncode == 2 and "already exists" in proc.stderr and "--force" in proc.stderr
+    assert (saved / "ok" / snap.MANIFEST).read_text() == before
+    # with --force into a copy, so the module's snapshot stays as it was
+    other = saved.parent / "forced"
+    shutil.copytree(saved, other)
+    proc = cosim(*args[:-1], str(other), "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((other / "ok" / snap.MANIFEST).read_text())["total_insns"] == 50_000
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "../x", ".hidden", ""])
+def test_bad_snapshot_names(tmp_path: Path, name: str) -> None:
+    proc = cosim("run", "--save", name, "--max-insns", "1000", "--snapshot-dir", str(tmp_path))
+    assert proc.returncode == 2 and "snapshot name" in proc.stderr
+
+
+def test_failed_save_leaves_no_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that dies after QEMU wrote its state: no snapshot under the name."""
+    from cosim.libqflex_bridge import Bridge, QemuConfig
+    from cosim.session import RunSpec, Session
+    from conftest import guest
+
+    real = Bridge.save_machine
+
+    def dies_half_way(self: Bridge, directory: Path) -> list[dict]:
+        real(self, directory)
+        assert (directory / snap.MACHINE_STATE).is_file()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Bridge, "save_machine", dies_half_way)
+    store = snap.Store(tmp_path)
+    session = Session(RunSpec(QemuConfig(kernel=guest("spinlock"), smp=2), max_insns=20_000,
+                              save="dies",
+                              store=store, console=tmp_path / "console.txt"))
+    with pytest.raises(KeyboardInterrupt):
+        session.run()
+    assert not (tmp_path / "dies").exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "console.txt"]
+
+
+def test_killed_save_temporary_is_ignored_then_removed(saved: Path, tmp_path: Path) -> None:
+    shutil.copytree(saved, tmp_path / "root")
+    root = tmp_path / "root"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / f".half{snap.TMP_MARK}{dead.pid}"
+    shutil.copytree(root / "ok", stale)
+    (stale / snap.MANIFEST).unlink()
+    listing = cosim("snapshot", "list", "--snapshot-dir", str(root))
+    assert listing.returncode == 0 and "half" not in listing.stdout and "ok" in listing.stdout
+    assert cosim("run", "--snapshot", "half", "--snapshot-dir", str(root)).returncode == 2
+    run_json("--kernel", "spinlock", "--smp", "2", "--max-insns", "20000", "--save", "half",
+             "--snapshot-dir", str(root))
+    assert not stale.exists() and (root / "half" / snap.MANIFEST).is_file()
+
+
+def test_list_show_rm(saved: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(saved, root)
+    listing = cosim("snapshot", "list", "--snapshot-dir", str(root))
+    assert listing.returncode == 0
+    row = [line for line in listing.stdout.splitlines() if line.startswith("ok ")]
+    assert row and "100,000" in row[0]
+    show = cosim("snapshot", "show", "ok", "--snapshot-dir", str(root))
+    m = json.loads(show.stdout)
+    assert m["verified"] and m["total_insns"] == 100_000 and m["machine"]["smp"] == 2
+    assert {"machine.state", "plugin.msgpack", "run.msgpack"} <= set(m["files"])
+    for key in ("cosim_version", "qemu", "guest", "command_line", "quantum", "icount_shift",
+                "insns", "created"):
+        assert key in m
+    assert cosim("snapshot", "rm", "nope", "--snapshot-dir", str(root)).returncode == 2
+    assert cosim("snapshot", "rm", "ok", "--snapshot-dir", str(root)).returncode == 0
+    assert not (root / "ok").exists()
+
+
+def test_snapshot_save_from_another_process(tmp_path: Path) -> None:
+    """`cosim snapshot save` to a running 4-hart run; the snapshot runs to the same output."""
+    d = ("--snapshot-dir", str(tmp_path))
+    guest_args = ("--kernel", "spinlock-n100000", "--smp", "4")
+    run = subprocess.Popen([sys.executable, "-m", "cosim.cli", "run", "--json", *guest_args, *d],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        saved = None
+        deadline = time.monotonic() + 60
+        while saved is None and time.monotonic() < deadline:
+            proc = cosim("snapshot", "save", "live", "--sim", str(run.pid))
+            if proc.returncode == 0:
+                saved = proc.stdout
+            else:
+                assert "no such run" in proc.stderr or "no cosim run" in proc.stderr, proc.stderr
+                time.sleep(0.2)
+        assert saved and "saved snapshot live" in saved
+        out, err = run.communicate(timeout=600)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    original = json.loads(out)
+    restored = run_json("--snapshot", "live", *d)
+    manifest = json.loads((tmp_path / "live" / snap.MANIFEST).read_text())
+    assert 0 < manifest["total_insns"] < original["total_insns"]
+    assert restored["guest_results"] == original["guest_results"]
+    assert restored["guest_results"] and restored["total_insns"] == original["total_insns"]
+    assert restored["digest"] == original["digest"]
