@@ -8,7 +8,8 @@
    disk against the guest's RAM, and the time from launching QEMU to the
    first command for a restore (-loadext) next to a plain boot.
 2. One Step(vcpu, 1000) in trace mode, over gRPC on the unix socket from
-   another process, next to the same step on the in-process bridge.
+   another process, next to the same step on the in-process bridge and to
+   an empty call (GetStatus), which is gRPC's own round trip.
 
 Targets (issue 4): save and restore under 1 s, size close to what the guest
 touched rather than its RAM.
@@ -81,7 +82,7 @@ def save_restore(memory: str, root: Path) -> dict:
             "restore_s": min(restore), "boot_s": min(boot)}
 
 
-def grpc_step_cost(root: Path) -> tuple[float, float]:
+def grpc_step_cost(root: Path) -> tuple[float, float, float]:
     elf = build.guest_elf("spinlock-n100000")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cosim.cli", "run", "--kernel", str(elf), "--smp", "2",
@@ -95,6 +96,12 @@ def grpc_step_cost(root: Path) -> tuple[float, float]:
         info = next(s for s in control.running_sims() if s["id"] == sim.group(1))
         with grpc.insecure_channel(f"unix:{info['socket']}") as ch:
             stub = pb_grpc.ControlStub(ch)
+            while stub.GetStatus(pb.GetStatusRequest()).state != pb.Status.PAUSED:
+                time.sleep(0.05)
+            t0 = time.perf_counter()
+            for _ in range(STEPS):
+                stub.GetStatus(pb.GetStatusRequest())
+            empty = (time.perf_counter() - t0) / STEPS
             t0 = time.perf_counter()
             for k in range(STEPS):
                 stub.Step(pb.StepRequest(vcpu=k % 2, n=1000))
@@ -107,7 +114,7 @@ def grpc_step_cost(root: Path) -> tuple[float, float]:
         for k in range(STEPS):
             bridge.step(k % 2, 1000)
         local = (time.perf_counter() - t0) / STEPS
-    return remote, local
+    return remote, local, empty
 
 
 def main() -> None:
@@ -122,9 +129,10 @@ def main() -> None:
             print(f"{r['memory']:>6} {r['save_s']:>8.3f} {r['restore_s']:>10.3f} "
                   f"{r['boot_s']:>13.3f} {r['state_mib']:>18.1f} {r['disk_mib']:>12.1f} "
                   f"{r['disk_mib'] / ram:>11.3f}")
-        remote, local = grpc_step_cost(root)
+        remote, local, empty = grpc_step_cost(root)
         print(f"\nStep(vcpu, 1000) in trace mode, {STEPS} steps: gRPC {remote * 1e6:.0f} us, "
-              f"in-process bridge {local * 1e6:.0f} us, ratio {remote / local:.2f}x")
+              f"in-process bridge {local * 1e6:.0f} us, ratio {remote / local:.2f}x; "
+              f"an empty GetStatus over gRPC {empty * 1e6:.0f} us")
 
 
 if __name__ == "__main__":
