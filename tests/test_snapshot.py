@@ -278,3 +278,39 @@ def test_snapshot_save_from_another_process(tmp_path: Path) -> None:
     assert restored["guest_results"] == original["guest_results"]
     assert restored["guest_results"] and restored["total_insns"] == original["total_insns"]
     assert restored["digest"] == original["digest"]
+
+
+def test_mid_run_save_under_timing_changes_nothing(tmp_path: Path) -> None:
+    """A save between two turns of a 4-hart timing run (QEMU paused mid-round) neither
+    perturbs that run nor restores to anything but the straight run's cycles."""
+    import grpc
+
+    from cosim import control
+    from cosim.v1 import control_pb2 as pb
+    from cosim.v1 import control_pb2_grpc as pb_grpc
+
+    args = ("--kernel", "spinlock-n4000", "--smp", "4", "--timing", "--snapshot-dir", str(tmp_path))
+    straight = run_json(*args)
+    proc = subprocess.Popen([sys.executable, "-m", "cosim.cli", "run", "--json", *args, "--paused"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        sim = line.split()[1]
+        info = next(s for s in control.running_sims() if s["id"] == sim)
+        with grpc.insecure_channel(f"unix:{info['socket']}") as ch:
+            stub = pb_grpc.ControlStub(ch)
+            while stub.GetStatus(pb.GetStatusRequest()).state != pb.Status.PAUSED:
+                time.sleep(0.05)
+            stub.Resume(pb.ResumeRequest())
+            while stub.GetStatus(pb.GetStatusRequest()).total_insns < 800_000:
+                time.sleep(0.01)
+            saved = stub.SaveSnapshot(pb.SaveSnapshotRequest(name="mid"))
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert 800_000 <= saved.total_insns < straight["total_insns"] and saved.cycles > 0
+    live = json.loads(out)
+    restored = run_json("--snapshot", "mid", "--timing", "--snapshot-dir", str(tmp_path))
+    assert outcome(live) == outcome(straight)
+    assert outcome(restored) == outcome(straight)
