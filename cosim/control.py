@@ -354,12 +354,16 @@ class ControlServer:
 # -- clients -----------------------------------------------------------------
 
 def running_sims() -> list[dict]:
-    """Info of every run of this user whose process is alive."""
+    """Info of every run of this user whose process is alive (a killed run's files go)."""
     out = []
     for p in sorted(runtime_dir().glob("*.json")):
         try:
             info = json.loads(p.read_text())
             os.kill(int(info["pid"]), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+            p.with_suffix(".sock").unlink(missing_ok=True)
+            continue
         except (OSError, ValueError, KeyError):
             continue
         out.append(info)

@@ -314,3 +314,28 @@ def test_mid_run_save_under_timing_changes_nothing(tmp_path: Path) -> None:
     restored = run_json("--snapshot", "mid", "--timing", "--snapshot-dir", str(tmp_path))
     assert outcome(live) == outcome(straight)
     assert outcome(restored) == outcome(straight)
+
+
+def test_sigkill_at_any_moment_leaves_no_partial_snapshot(tmp_path: Path) -> None:
+    """Kill `cosim run --save` at moments spread over its life: afterwards the name
+    holds either nothing or a complete snapshot that passes every check."""
+    store = snap.Store(tmp_path)
+    outcomes = set()
+    for k in range(8):
+        name = f"k{k}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cosim.cli", "run", "--kernel", "spinlock", "--memory", "2G",
+             "--max-insns", "3000000", "--save", name, "--snapshot-dir", str(tmp_path),
+             "--console", str(tmp_path / "console.txt")],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.4 + 0.25 * k)
+        proc.kill()
+        proc.wait()
+        if (tmp_path / name).exists():
+            store.load(name)            # raises on anything incomplete or corrupt
+            outcomes.add("complete")
+        else:
+            outcomes.add("none")
+    assert not [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")
+                and not (p / snap.MANIFEST).is_file()]
+    assert "none" in outcomes, "no kill landed before the save finished"
