@@ -44,7 +44,8 @@ def checks() -> list[Check]:
         found.append(Check(f"deb:{pkg}", ok, "installed" if ok else "missing",
                            f"apt-get install {pkg}  (or {SETUP})"))
     for module in ("simpy", "msgpack", "grpc", "google.protobuf", "numpy", "qemu.qmp",
-                   "elftools", "tqdm", "mesonbuild", "pytest"):
+                   "elftools", "tqdm", "mesonbuild", "platformdirs", "grpc_tools", "numba",
+                   "pytest"):
         spec = importlib.util.find_spec(module.split(".")[0])
         found.append(Check(f"python:{module}", spec is not None,
                            (spec.origin or "namespace") if spec else "missing",
