@@ -37,6 +37,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from . import paths
 from .errors import CosimError
+from .linux_machine import LinuxBoard
 from .trace import RECORD_DTYPE, RunDigest
 
 _LEN = struct.Struct("<I")
@@ -77,8 +78,10 @@ class Report:
     insns: list[int]
     turn_counts: list[int]
     halted_turns: list[int]
+    yielded_turns: list[int]    # turns ended at a spin-wait hint (x86 PAUSE)
     short_turns: int            # turns that ended early without a halt
-    count_mismatches: int       # turns where plugin and icount disagree
+    count_mismatches: int       # turns where the plugin counted fewer than icount
+    restarted: int              # instructions counted twice: faulted or restarted, then rerun
     last: Turn | None
     exited: bool = False        # the guest ended QEMU during this command
     partial_vcpu: int = -1      # on exit: vCPU interrupted mid-turn
@@ -89,7 +92,7 @@ class Report:
 
 @dataclass
 class QemuConfig:
-    """How to launch QEMU for a bare-metal riscv64 guest."""
+    """How to launch QEMU: a bare-metal riscv64 guest, or with ``board`` a Linux q35 machine."""
 
     kernel: Path
     smp: int = 4
@@ -101,6 +104,11 @@ class QemuConfig:
     shm_records: int = 1 << 20
     extra_args: list[str] = field(default_factory=list)
     loadext: Path | None = None     # a snapshot directory to start from (-loadext)
+    board: LinuxBoard | None = None  # x86_64 Linux machine (kernel is then its bzImage)
+
+    @property
+    def arch(self) -> str:
+        return "x86_64" if self.board is not None else "riscv64"
 
     def rr_batch_turns(self) -> int:
         """Turns per round-robin round trip: whole rounds, about a batch of instructions."""
@@ -139,12 +147,11 @@ class Bridge:
     parked before its first instruction and the plugin waits for a command.
     """
 
-    def __init__(self, config: QemuConfig, console: TextIO | Path | None = None,
-                 arch: str = "riscv64") -> None:
+    def __init__(self, config: QemuConfig, console: TextIO | Path | None = None) -> None:
         if config.mode not in ("fast", "trace"):
             raise CosimError(f"--mode {config.mode}: must be fast or trace")
         self.config = config
-        self.arch = arch
+        self.arch = config.arch
         self.digest = RunDigest(block_turns=config.rr_batch_turns())
         self.exit_code: int | None = None
         self.hello: dict = {}
@@ -170,6 +177,11 @@ class Bridge:
         return self._dir / "console.log"
 
     @property
+    def command_file(self) -> Path:
+        """The Linux guest's command channel (fw_cfg ``opt/cosim/cmd``)."""
+        return self._dir / "command"
+
+    @property
     def stderr_path(self) -> Path:
         return self._dir / "qemu.stderr"
 
@@ -179,10 +191,13 @@ class Bridge:
         plugin_args = [f"socket={self._dir / 'plugin.sock'}", f"mode={c.mode}"]
         if c.mode == "trace":
             plugin_args += [f"shm={self._dir / 'trace.shm'}", f"shm_records={c.shm_records}"]
+        if c.board is not None:
+            board = c.board.qemu_args(c.smp, self.command_file)
+        else:
+            board = ["-M", "virt", "-bios", "none", "-m", c.memory, "-kernel", str(c.kernel)]
         return [
-            str(qemu_binary(self.arch)),
-            "-M", "virt", "-bios", "none", "-display", "none", "-nodefaults",
-            "-m", c.memory, "-smp", str(c.smp),
+            str(qemu_binary(self.arch)), *board,
+            "-display", "none", "-nodefaults", "-smp", str(c.smp),
             "-accel", f"tcg,thread=single,quantum={c.quantum}",
             "-icount", f"shift={c.icount_shift},sleep=off,align=off",
             "-rtc", "clock=vm,base=2025-01-01T00:00:00",
@@ -191,13 +206,14 @@ class Bridge:
             "-serial", "chardev:con0",
             "-qmp", f"unix:{self._dir / 'qmp.sock'},server=on,wait=off",
             "-plugin", str(plugin_path()) + "," + ",".join(plugin_args),
-            "-kernel", str(c.kernel),
             *(["-loadext", str(c.loadext)] if c.loadext is not None else []),
             *c.extra_args,
         ]
 
     def start(self) -> "Bridge":
         cmd = self.command_line()
+        if self.config.board is not None:
+            self.command_file.write_bytes(self.config.board.command_bytes())
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self._dir / "plugin.sock"))
         self._listener.listen(1)
@@ -343,8 +359,9 @@ class Bridge:
                         halted=msg["halted"], counted=msg["counted"], icount=msg["icount"])
         report = Report(
             turns=msg["turns"], insns=msg["d_insns"], turn_counts=msg["d_turns"],
-            halted_turns=msg["d_halted"], short_turns=msg["short"],
-            count_mismatches=msg["mismatch"], last=last, exited=exited,
+            halted_turns=msg["d_halted"], yielded_turns=msg["d_yielded"],
+            short_turns=msg["short"],
+            count_mismatches=msg["mismatch"], restarted=msg["restarted"], last=last, exited=exited,
             partial_vcpu=msg["vcpu"] if exited else -1,
             partial_insns=msg["counted"] if exited else 0,
             turn_list=turns,

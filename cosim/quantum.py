@@ -31,8 +31,10 @@ class Schedule:
     insns: list[int] = field(default_factory=list)
     turns: list[int] = field(default_factory=list)
     halted_turns: list[int] = field(default_factory=list)
+    yielded_turns: list[int] = field(default_factory=list)   # ended at a spin-wait hint
     short_turns: int = 0
     count_mismatches: int = 0
+    restarted_insns: int = 0    # faulting/restarted instructions the plugin saw twice
     icount_drift: int = 0       # reports where sum(insns) != QEMU icount
     qemu_icount: int = 0        # QEMU's icount at the last turn boundary
     max_skew: int = 0
@@ -40,7 +42,7 @@ class Schedule:
     exited: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("insns", "turns", "halted_turns"):
+        for name in ("insns", "turns", "halted_turns", "yielded_turns"):
             if not getattr(self, name):
                 setattr(self, name, [0] * self.nvcpus)
 
@@ -53,8 +55,10 @@ class Schedule:
             self.insns[v] += report.insns[v]
             self.turns[v] += report.turn_counts[v]
             self.halted_turns[v] += report.halted_turns[v]
+            self.yielded_turns[v] += report.yielded_turns[v]
         self.short_turns += report.short_turns
         self.count_mismatches += report.count_mismatches
+        self.restarted_insns += report.restarted
         if report.last is not None:
             self.last_vcpu = report.last.vcpu
             self.qemu_icount = report.last.icount
@@ -72,8 +76,8 @@ class Schedule:
     def state(self) -> dict:
         """Everything a snapshot needs to continue the totals."""
         return {k: getattr(self, k) for k in (
-            "insns", "turns", "halted_turns", "short_turns", "count_mismatches",
-            "icount_drift", "qemu_icount", "max_skew", "last_vcpu")}
+            "insns", "turns", "halted_turns", "yielded_turns", "short_turns", "count_mismatches",
+            "restarted_insns", "icount_drift", "qemu_icount", "max_skew", "last_vcpu")}
 
     def load(self, state: dict) -> None:
         if len(state["insns"]) != self.nvcpus:
@@ -85,7 +89,7 @@ class Schedule:
         return {
             "vcpus": [
                 {"vcpu": v, "insns": self.insns[v], "turns": self.turns[v],
-                 "halted_turns": self.halted_turns[v]}
+                 "halted_turns": self.halted_turns[v], "yielded_turns": self.yielded_turns[v]}
                 for v in range(self.nvcpus)
             ],
             "total_insns": self.total,
@@ -93,6 +97,7 @@ class Schedule:
             "max_skew": self.max_skew,
             "short_turns": self.short_turns,
             "count_mismatches": self.count_mismatches,
+            "restarted_insns": self.restarted_insns,
             "icount_drift": self.icount_drift,
         }
 

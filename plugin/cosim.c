@@ -117,8 +117,8 @@ static struct {
     int cur_vcpu;               /* vCPU in a turn, -1 between turns */
 
     /* deltas since the last report */
-    uint64_t *d_insns, *d_turns, *d_halted;
-    uint64_t d_short, d_mismatch, d_nturns;
+    uint64_t *d_insns, *d_turns, *d_halted, *d_yielded;
+    uint64_t d_short, d_mismatch, d_restarted, d_nturns;
 
     Cmd cmd;
     uint64_t rr_left;
@@ -242,7 +242,7 @@ static void send_report(const char *type, int vcpu,
 
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, (info ? 14 : 10) + (S.ends ? 1 : 0));
+    msgpack_pack_map(&pk, (info ? 16 : 12) + (S.ends ? 1 : 0));
     pack_str(&pk, "t");
     pack_str(&pk, type);
     pack_str(&pk, "vcpu");
@@ -256,8 +256,11 @@ static void send_report(const char *type, int vcpu,
     pack_u64_array(&pk, S.d_turns);
     pack_str(&pk, "d_halted");
     pack_u64_array(&pk, S.d_halted);
+    pack_str(&pk, "d_yielded");
+    pack_u64_array(&pk, S.d_yielded);
     pack_kv_u64(&pk, "short", S.d_short);
     pack_kv_u64(&pk, "mismatch", S.d_mismatch);
+    pack_kv_u64(&pk, "restarted", S.d_restarted);
     if (info) {
         pack_kv_u64(&pk, "budget", info->budget);
         pack_kv_u64(&pk, "executed", info->executed);
@@ -278,7 +281,8 @@ static void send_report(const char *type, int vcpu,
     memset(S.d_insns, 0, S.nvcpus * sizeof(uint64_t));
     memset(S.d_turns, 0, S.nvcpus * sizeof(uint64_t));
     memset(S.d_halted, 0, S.nvcpus * sizeof(uint64_t));
-    S.d_short = S.d_mismatch = S.d_nturns = 0;
+    memset(S.d_yielded, 0, S.nvcpus * sizeof(uint64_t));
+    S.d_short = S.d_mismatch = S.d_restarted = S.d_nturns = 0;
     S.nrec = 0;
 }
 
@@ -508,13 +512,22 @@ static void vcpu_turn_end(qemu_plugin_id_t id, unsigned int vcpu,
     S.d_insns[vcpu] += info->executed;
     S.d_turns[vcpu]++;
     S.d_halted[vcpu] += info->halted;
-    S.d_short += !info->halted && info->executed != info->budget;
+    S.d_yielded[vcpu] += info->yielded;
+    /* a turn may end early only by halting or at a spin-wait hint */
+    S.d_short += !info->halted && !info->yielded && info->executed != info->budget;
     /*
      * A halting instruction (riscv wfi) leaves its TB without restoring
      * icount, so QEMU charges the rest of that TB too; the cross-check
-     * only holds for turns that did not halt.
+     * only holds for turns that did not halt. The inline count runs
+     * before its instruction, so an instruction that raises an exception
+     * (a page fault) or is restarted (x86 port I/O under icount) is
+     * counted again when it reruns: counted > executed is expected there
+     * and reported as restarted; counting fewer would be a lost instruction.
      */
-    S.d_mismatch += !info->halted && counted != info->executed;
+    if (!info->halted) {
+        S.d_mismatch += counted < info->executed;
+        S.d_restarted += counted > info->executed ? counted - info->executed : 0;
+    }
     S.d_nturns++;
     if (S.ends) {
         TurnEnd e = { .vcpu = vcpu, .info = *info, .counted = counted,
@@ -788,6 +801,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     S.d_insns = g_new0(uint64_t, S.nvcpus);
     S.d_turns = g_new0(uint64_t, S.nvcpus);
     S.d_halted = g_new0(uint64_t, S.nvcpus);
+    S.d_yielded = g_new0(uint64_t, S.nvcpus);
     if (S.mode == MODE_TRACE) {
         S.ends = g_array_new(false, false, sizeof(TurnEnd));
     }

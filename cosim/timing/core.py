@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from . import hierarchy
+from . import hierarchy, memory
 from .caches import G_LATENCY
 from .hierarchy import Hier
 from .memory import TIER_CXL, TIER_DRAM, TS_READ_BYTES, TS_WRITE_BYTES
@@ -173,7 +173,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
             count -= 1
         k = kind[r]
         a = addr[r]
-        if flags[r] & FLAG_IO:
+        if flags[r] & FLAG_IO and not memory.in_ram(H.Mm, a):
             # device register: uncached and serialising
             sc[c, T_IO] += 1
             K.cpi[c, CAT_IO] += p[C_IO_LAT]

@@ -120,6 +120,19 @@ def book(Mm: MemArrays, k: int, direction: int, t: int, cost: int) -> int:
 
 
 @njit(_nrt=False, cache=True)
+def in_ram(Mm: MemArrays, addr: int) -> bool:
+    """``addr`` is memory the model serves (a RAM row), even if QEMU maps it as MMIO.
+
+    QEMU's CXL type-3 device serves its fixed memory window through MMIO
+    callbacks; to the guest's CPUs it is ordinary cacheable memory.
+    """
+    for r in range(Mm.ram.shape[0]):
+        if Mm.ram[r, 0] <= addr < Mm.ram[r, 1]:
+            return True
+    return False
+
+
+@njit(_nrt=False, cache=True)
 def count_page(Mm: MemArrays, addr: int, write: bool) -> None:
     for r in range(Mm.ram.shape[0]):
         if Mm.ram[r, 0] <= addr < Mm.ram[r, 1]:

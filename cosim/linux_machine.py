@@ -1,0 +1,175 @@
+"""The x86_64 Linux machine: q35 with DRAM on node 0 and CXL memory on node 1.
+
+Node 0 holds the vCPUs and DRAM; node 1 is CPU-less memory that the timing
+model serves from its CXL controllers. QEMU announces both to Linux through
+ACPI HMAT with the latency and bandwidth of the timing configuration, so the
+guest kernel (6.12) ranks node 1 in a lower memory tier, as it would a real
+CXL expander. With ``cxl`` the machine also carries QEMU's own CXL type-3
+path (pxb-cxl host bridge, root port, volatile type-3 device, fixed memory
+window) that the guest's init turns into a region and a NUMA node.
+
+The guest takes commands through a fw_cfg file (``opt/cosim/cmd``, always
+``COMMAND_BYTES`` long). fw_cfg content is not part of QEMU's migration
+stream, so a restored machine reads the command given to *this* launch,
+and it is fixed before the first instruction runs: a channel fed while the
+guest runs (virtio-serial) would deliver at a host-timing dependent
+instruction and break determinism.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CosimError
+from .timing.config import Config
+
+COMMAND_BYTES = 4096
+IDLE_COMMAND = "idle"
+READY_MARKER = "COSIM-READY"
+EXIT_MARKER = re.compile(r"^COSIM-EXIT (-?\d+)\s*$", re.M)
+
+_4G = 1 << 32
+#: q35 keeps all RAM below 4 GiB when there is less than this much
+#: (hw/i386/pc_q35.c); otherwise 2 GiB below and the rest from 4 GiB up
+Q35_LOWMEM_LIMIT = 0xB000_0000
+Q35_LOWMEM = 0x8000_0000
+#: kernel options: serial console; a panic reboots, and -no-reboot turns
+#: that into QEMU exiting instead of a silent hang
+KERNEL_APPEND = "console=ttyS0 panic=-1"
+CXL_WINDOW_SIZE = 4 << 30
+
+
+@dataclass(frozen=True)
+class Hmat:
+    """What HMAT tells the guest about node ``n``: idle latency and bandwidth."""
+
+    latency_ns: tuple[int, int]
+    bandwidth_mbps: tuple[int, int]
+
+    @classmethod
+    def of(cls, cfg: Config) -> "Hmat":
+        """The timing model's idle latencies and peak read bandwidths."""
+        dram_bw = cfg.dram.bandwidth_gbps * cfg.dram.channels
+        cxl_bw = cfg.cxl_read_gbps * cfg.cxl.devices
+        return cls(latency_ns=(round(cfg.dram.latency_ns), round(cfg.cxl_latency_ns)),
+                   bandwidth_mbps=(round(dram_bw * 1000), round(cxl_bw * 1000)))
+
+
+@dataclass
+class LinuxBoard:
+    """Everything that shapes the q35 machine besides vCPUs, quantum and mode."""
+
+    kernel: Path
+    initrd: Path
+    firmware: Path                      # directory for -L (seabios, linuxboot option ROMs)
+    node_bytes: tuple[int, int] = (1 << 30, 1 << 30)
+    cxl_bytes: int = 0                  # a cxl-type3 volatile device of this size (0: none)
+    hmat: Hmat = Hmat((90, 198), (25600, 20000))
+    command: str = IDLE_COMMAND
+
+    @property
+    def memory_bytes(self) -> int:
+        return sum(self.node_bytes)
+
+    def append(self) -> str:
+        return KERNEL_APPEND + (" cosim.cxl=1" if self.cxl_bytes else "")
+
+    def command_bytes(self) -> bytes:
+        """The fw_cfg file: the command, NUL-padded to a fixed size."""
+        data = self.command.encode()
+        if len(data) >= COMMAND_BYTES:
+            raise CosimError(f"guest command is {len(data)} bytes; at most {COMMAND_BYTES - 1}")
+        return data + bytes(COMMAND_BYTES - len(data))
+
+    def qemu_args(self, smp: int, command_file: Path) -> list[str]:
+        """Machine, memory, NUMA/HMAT, CXL and boot arguments for qemu-system-x86_64."""
+        h = self.hmat
+        n0, n1 = self.node_bytes
+        machine = "q35,hmat=on" + (",cxl=on" if self.cxl_bytes else "")
+        args = [
+            "-M", machine,
+            # -hypervisor: Linux refuses to commit a CXL region "under a hypervisor"
+            # (it cannot flush caches by CPUID); kept for both machines so they compare
+            "-cpu", "max,-hypervisor",
+            "-L", str(self.firmware), "-no-reboot",
+            "-m", f"{self.memory_bytes >> 20}M",
+            "-object", f"memory-backend-ram,id=node0,size={n0 >> 20}M",
+            "-object", f"memory-backend-ram,id=node1,size={n1 >> 20}M",
+            "-numa", f"node,nodeid=0,cpus=0-{smp - 1},memdev=node0,initiator=0",
+            "-numa", "node,nodeid=1,memdev=node1,initiator=0",
+        ]
+        for node in (0, 1):
+            args += ["-numa", f"hmat-lb,initiator=0,target={node},hierarchy=memory,"
+                              f"data-type=access-latency,latency={h.latency_ns[node]}",
+                     "-numa", f"hmat-lb,initiator=0,target={node},hierarchy=memory,"
+                              f"data-type=access-bandwidth,bandwidth={h.bandwidth_mbps[node]}M"]
+        if self.cxl_bytes:
+            args += [
+                "-object", f"memory-backend-ram,id=cxlmem0,share=on,size={self.cxl_bytes >> 20}M",
+                "-device", "pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1",
+                "-device", "cxl-rp,port=0,bus=cxl.1,id=cxl_rp0,chassis=0,slot=2",
+                "-device", "cxl-type3,bus=cxl_rp0,volatile-memdev=cxlmem0,id=cxl-vmem0",
+                "-M", f"cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size={CXL_WINDOW_SIZE >> 30}G",
+            ]
+        args += ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
+                 "-append", self.append(),
+                 "-fw_cfg", f"name=opt/cosim/cmd,file={command_file}"]
+        return args
+
+    def describe(self) -> dict:
+        """The board as a snapshot manifest records it (``from_description`` reverses it)."""
+        return {"kernel": str(self.kernel), "initrd": str(self.initrd),
+                "firmware": str(self.firmware), "node_bytes": list(self.node_bytes),
+                "cxl_bytes": self.cxl_bytes, "hmat_latency_ns": list(self.hmat.latency_ns),
+                "hmat_bandwidth_mbps": list(self.hmat.bandwidth_mbps)}
+
+    @classmethod
+    def from_description(cls, d: dict, command: str = IDLE_COMMAND) -> "LinuxBoard":
+        return cls(kernel=Path(d["kernel"]), initrd=Path(d["initrd"]),
+                   firmware=Path(d["firmware"]), node_bytes=tuple(d["node_bytes"]),
+                   cxl_bytes=d["cxl_bytes"],
+                   hmat=Hmat(tuple(d["hmat_latency_ns"]), tuple(d["hmat_bandwidth_mbps"])),
+                   command=command)
+
+    @property
+    def nodes(self) -> list[int]:
+        """NUMA node ids the guest has: 0, 1 and, with the CXL device, 2 (its region)."""
+        return [0, 1, 2] if self.cxl_bytes else [0, 1]
+
+    def physical(self, offset: int, size: int) -> list[tuple[int, int]]:
+        """Guest-physical pieces of machine RAM ``[offset, offset+size)`` (q35's 4 GiB split)."""
+        total = self.memory_bytes
+        low = total if total < Q35_LOWMEM_LIMIT else Q35_LOWMEM
+        pieces = []
+        if offset < low:
+            pieces.append((offset, min(size, low - offset)))
+        end = offset + size
+        if end > low:
+            start = max(offset, low)
+            pieces.append((_4G + start - low, end - start))
+        return pieces
+
+    def node_ranges(self, node: int) -> list[tuple[int, int]]:
+        """Physical ranges of NUMA node ``node``: nodes follow each other in machine RAM."""
+        offset = sum(self.node_bytes[:node])
+        return self.physical(offset, self.node_bytes[node])
+
+
+def init_report(console: str) -> str:
+    """What the guest's init printed about its memory (nodes, tiers, CXL) before it was ready."""
+    start = console.rfind("COSIM-INIT")
+    end = console.find(READY_MARKER, max(start, 0))
+    if start < 0 or end < 0:
+        return ""
+    return "\n".join(line.rstrip() for line in console[start:end].splitlines()[1:])
+
+
+def cxl_window_base(mtree: str) -> int:
+    """Base of the CXL fixed memory window, from HMP ``info mtree -f``."""
+    m = re.search(r"^\s*([0-9a-f]+)-[0-9a-f]+ \(prio [-\d]+, i/o\): cxl-fixed-memory-region",
+                  mtree, re.M)
+    if not m:
+        raise CosimError("QEMU shows no cxl-fixed-memory-region; is the machine cxl=on?")
+    return int(m.group(1), 16)
