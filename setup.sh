@@ -16,8 +16,11 @@ DEB_PACKAGES=(
   procps
   # bare-metal riscv64 guests
   gcc-riscv64-unknown-elf
-  # x86 firmware for q35 guests (stripped from the QEMU source tarball)
-  seabios ipxe-qemu
+  # x86 firmware for q35 guests (stripped from the QEMU source tarball): bios-256k.bin;
+  # the option ROMs come from a downloaded qemu-system-data .deb (cosim/guest_image.py)
+  seabios
+  # Linux guest image (cosim/guest_image.py): writes the initramfs (newc) archive
+  cpio
 )
 
 say() { echo "[setup] $*"; }
@@ -41,6 +44,23 @@ Suites: trixie
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
+  APT_UPDATE=1
+fi
+
+# The Linux guest's kernel (6.12, with CXL regions and memory tiers) comes from
+# bookworm-backports; cosim/guest_image.py pins its exact version.
+BPO_LIST=/etc/apt/sources.list.d/cosim-bookworm-backports.sources
+if [ ! -f "$BPO_LIST" ]; then
+  say "adding bookworm-backports (Linux guest kernel) in $BPO_LIST"
+  $SUDO tee "$BPO_LIST" >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  # a hand-made entry for the same suite would make apt warn "configured multiple times"
+  $SUDO rm -f /etc/apt/sources.list.d/bookworm-backports.sources
   APT_UPDATE=1
 fi
 

@@ -8,11 +8,12 @@ use pyelftools. Every failure a user can cause ends in one line,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -20,11 +21,15 @@ from elftools.elf.elffile import ELFFile
 from . import __version__, build, paths
 from . import snapshot as snap
 from .errors import CosimError
+from . import linux_machine
 from .libqflex_bridge import QemuConfig, qemu_binary
 from .session import RunSpec, Session, parse_size
 from .timing import config as timing_config
 from .timing import stats as timing_stats
 from .timing.config import PRESET_DOCS
+
+if TYPE_CHECKING:
+    from .linux_flow import BootRequest
 
 DEFAULT_GUEST = "spinlock"
 MAX_SMP = 64
@@ -87,6 +92,12 @@ class OneLineParser(argparse.ArgumentParser):
 def add_snapshot_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot-dir", type=Path, metavar="DIR",
                    help=f"where snapshots live (default: {snap.default_root()})")
+
+
+def add_image_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--add", action="append", type=Path, default=[], metavar="PATH",
+                   help="also put this static x86_64 binary or script into the guest as "
+                        "/workloads/NAME (repeatable)")
 
 
 def add_client_args(p: argparse.ArgumentParser) -> None:
@@ -154,7 +165,70 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start paused; continue with `cosim resume` (or drive it with Step)")
     run.add_argument("--listen", metavar="HOST:PORT",
                      help="also serve the control plane on TCP (a token is printed; clients pass it)")
+    run.add_argument("--workload", metavar="NAME",
+                     help="with a Linux snapshot (cosim boot): run /workloads/NAME in the guest "
+                          "until it exits (gups, stream, pchase, threads, hotcold, or one added "
+                          "with cosim guest build --add)")
+    run.add_argument("--args", default="", metavar="'ARGS'",
+                     help="arguments for --workload, one shell-quoted string")
+    run.add_argument("--numa", metavar="POLICY",
+                     help="with --workload: numactl policy membind=N[,M], interleave=N,M or "
+                          "preferred=N (node 0: DRAM with the CPUs, 1: CXL, 2: the cxl-type3 "
+                          "region if booted with --cxl)")
     add_snapshot_dir(run)
+
+    guest = sub.add_parser("guest", help="build the Linux guest image",
+                           description="The x86_64 Linux guest: a Debian kernel, a busybox "
+                                       "initramfs with numactl and static workloads.")
+    guest_sub = guest.add_subparsers(dest="guest_command", required=True, metavar="ACTION")
+    g_build = guest_sub.add_parser("build", help="build (or reuse) the guest image")
+    add_image_args(g_build)
+    g_build.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+    boot = sub.add_parser(
+        "boot", help="boot the Linux guest and save a snapshot at its ready marker",
+        description="Build the guest image if needed, boot the q35 machine (node 0: DRAM and "
+                    "the vCPUs; node 1: CPU-less CXL memory announced through HMAT) in fast "
+                    "mode until the guest's init prints COSIM-READY, and save a snapshot there.")
+    boot.add_argument("--save", default="boot_done", metavar="NAME",
+                      help="snapshot name (default: boot_done)")
+    boot.add_argument("--force", action="store_true", help="replace an existing snapshot NAME")
+    boot.add_argument("--smp", type=smp_count, default=2, metavar="N", help="vCPUs, 2..8 (default 2)")
+    boot.add_argument("--quantum", type=positive_int("--quantum", "instructions per vCPU turn"),
+                      default=1000, metavar="Q", help="instructions per vCPU turn (default 1000)")
+    boot.add_argument("--node-memory", default="1G", metavar="SIZE",
+                      help="RAM of each of the two nodes (default 1G)")
+    boot.add_argument("--cxl", nargs="?", const="256M", default=None, metavar="SIZE",
+                      help="also attach a QEMU cxl-type3 device (volatile, default 256M) that the "
+                           "guest's init onlines as NUMA node 2")
+    add_image_args(boot)
+    boot.add_argument("--timing", action="store_true",
+                      help="boot under the timing model, so the snapshot has warm caches (slow)")
+    boot.add_argument("--preset", metavar="NAME", help="timing preset (also sets the HMAT figures)")
+    boot.add_argument("--config", type=Path, metavar="FILE",
+                      help="timing configuration (TOML; also sets the HMAT figures)")
+    boot.add_argument("--console", type=Path, metavar="FILE",
+                      help="the boot console (default: FILE next to the snapshots, NAME.boot.log)")
+    add_snapshot_dir(boot)
+
+    tiers = sub.add_parser(
+        "tiers", help="run a workload bound to each memory node and compare (the main job)",
+        description="Restore the boot snapshot (booting and saving it first if it is missing), "
+                    "run the workload under the timing model once per NUMA node with "
+                    "numactl --membind, and print cycles, traffic and latency side by side.")
+    tiers.add_argument("--snapshot", default="boot_done", metavar="NAME",
+                       help="boot snapshot (default boot_done; made with cosim boot if missing)")
+    tiers.add_argument("--workload", default="gups", metavar="NAME", help="default: gups")
+    tiers.add_argument("--args", default="-s 32M -n 100000", metavar="'ARGS'",
+                       help="workload arguments (default: '-s 32M -n 100000')")
+    tiers.add_argument("--nodes", default=None, metavar="N,M",
+                       help="nodes to bind to in turn (default: every node of the machine)")
+    tiers.add_argument("--work-key", default="updates", metavar="KEY",
+                       help="RESULT key that counts the work, for cycles per unit (default updates)")
+    tiers.add_argument("--preset", metavar="NAME", help="timing preset")
+    tiers.add_argument("--config", type=Path, metavar="FILE", help="timing configuration (TOML)")
+    tiers.add_argument("--json", action="store_true", help="print the runs' summaries as JSON")
+    add_snapshot_dir(tiers)
 
     snp = sub.add_parser("snapshot", help="save, list, show and remove snapshots",
                          description="Snapshots hold QEMU's machine state, the plugin and run "
@@ -216,6 +290,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CosimError(f"--warmup {args.warmup}: only for restoring a snapshot under --timing")
     timing_cfg = timing_config.load(args.preset, args.config) if args.timing else None
     snapshot = restorable(store, args) if args.snapshot else None
+    board = None
+    if (args.workload or args.numa or args.args) and not (
+            snapshot is not None and "board" in snapshot.manifest["guest"]):
+        raise CosimError("--workload, --args and --numa need --snapshot NAME of a Linux boot "
+                         "(make one with: cosim boot --save boot_done)")
+    if args.numa and not args.workload:
+        raise CosimError(f"--numa {args.numa}: give the --workload it applies to")
+    if snapshot is not None and "board" in snapshot.manifest["guest"]:
+        from . import linux_flow
+        board = linux_flow.board_of(snapshot, linux_machine.IDLE_COMMAND)
+        if args.workload:
+            board.command = linux_flow.workload_command(
+                linux_flow.workloads_of(board), args.workload, args.args, args.numa, board.nodes)
     if snapshot is not None:
         m = snapshot.manifest
         kernel = Path(m["guest"]["kernel"])
@@ -232,7 +319,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         parse_size(memory)
     machine = QemuConfig(kernel=kernel, smp=smp, quantum=quantum, memory=memory,
                          mode="trace" if args.timing else (args.mode_given or "fast"),
-                         icount_shift=shift)
+                         icount_shift=shift, board=board)
     spec = RunSpec(
         machine=machine, max_insns=args.max_insns, timing=timing_cfg,
         preset=args.preset, config_file=args.config, warmup=args.warmup, save=args.save,
@@ -256,7 +343,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print_summary(summary)
-    return 0 if summary["guest_exit_code"] in (None, 0) else 1
+    return 0 if summary["guest_exit_code"] in (None, 0) and \
+        summary.get("workload_exit_code") in (None, 0) else 1
 
 
 def restorable(store: snap.Store, args: argparse.Namespace) -> snap.Snapshot:
@@ -291,13 +379,17 @@ def restorable(store: snap.Store, args: argparse.Namespace) -> snap.Snapshot:
 def print_summary(s: dict) -> None:
     print(f"\n== cosim run: {Path(s['kernel']).name}, {s['smp']} vCPUs, quantum {s['quantum']}, "
           f"{s['mode']} mode ==")
-    print(f"{'vcpu':>4} {'instructions':>14} {'turns':>9} {'halted':>8}")
+    print(f"{'vcpu':>4} {'instructions':>14} {'turns':>9} {'halted':>8} {'yielded':>8}")
     for v in s["vcpus"]:
-        print(f"{v['vcpu']:>4} {v['insns']:>14,} {v['turns']:>9,} {v['halted_turns']:>8,}")
+        print(f"{v['vcpu']:>4} {v['insns']:>14,} {v['turns']:>9,} {v['halted_turns']:>8,} "
+              f"{v['yielded_turns']:>8,}")
     print(f"total {s['total_insns']:,} instructions (QEMU icount {s['qemu_icount']:,} at the last "
-          f"turn boundary), max skew {s['max_skew']:,}, short turns {s['short_turns']}")
+          f"turn boundary), max skew {s['max_skew']:,}, short turns {s['short_turns']}, "
+          f"restarted {s['restarted_insns']:,}")
     print(f"stopped by {s['stopped_by']}"
-          + (f" (guest exit code {s['guest_exit_code']})" if s["guest_exit_code"] is not None else ""))
+          + (f" (guest exit code {s['guest_exit_code']})" if s["guest_exit_code"] is not None else "")
+          + (f", workload exit code {s['workload_exit_code']}"
+             if s.get("workload_exit_code") is not None else ""))
     print(f"digest {s['digest']}")
     for line in s["guest_results"]:
         print(f"guest: {line}")
@@ -391,6 +483,102 @@ def cmd_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_guest(args: argparse.Namespace) -> int:
+    from . import guest_image
+    image = guest_image.build_image(args.add, force=args.force)
+    print(f"guest image {image.root}")
+    print(f"  kernel {image.kernel.name}, initrd {image.initrd.stat().st_size / 2**20:.1f} MiB")
+    print(f"  workloads: {', '.join(image.workloads)}")
+    return 0
+
+
+def boot_request(args: argparse.Namespace, save: str, force: bool, console: Path | None,
+                 store: snap.Store) -> "BootRequest":
+    from . import linux_flow
+    node = parse_size(args.node_memory, "--node-memory")
+    cxl = parse_size(args.cxl, "--cxl") if getattr(args, "cxl", None) else 0
+    hmat = timing_config.load(args.preset, args.config)
+    return linux_flow.BootRequest(
+        save=save, force=force, smp=getattr(args, "smp", 2), quantum=getattr(args, "quantum", 1000),
+        node_bytes=(node, node), cxl_bytes=cxl, add=getattr(args, "add", []),
+        timing=hmat if getattr(args, "timing", False) else None, hmat_from=hmat,
+        console=console or store.log_path(f"{save}.boot.log"))
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from . import linux_flow
+    store = snap.Store(args.snapshot_dir)
+    req = boot_request(args, args.save, args.force, args.console, store)
+    linux_flow.check_boot(req, store)
+    print(f"cosim boot: {req.smp} vCPUs, nodes {args.node_memory} + {args.node_memory}"
+          + (f", cxl-type3 {args.cxl}" if req.cxl_bytes else "")
+          + f"; console: {req.console}", file=sys.stderr, flush=True)
+    session = linux_flow.boot(req, store, log=linux_flow.stderr_log)
+    summary = session.final_summary or {}
+    saved = session.saved[-1]
+    print(f"saved snapshot {saved.name} at {summary.get('total_insns', 0):,} instructions "
+          f"after {summary.get('wall_seconds', 0):.1f} s ({saved.path})")
+    print(linux_machine.init_report(Path(req.console).read_text(errors="replace")))
+    return 0
+
+
+def cmd_tiers(args: argparse.Namespace) -> int:
+    from . import linux_flow
+    store = snap.Store(args.snapshot_dir)
+    if not store.exists(args.snapshot):
+        print(f"cosim tiers: no snapshot {args.snapshot} yet: booting the guest to make it "
+              "(once)", file=sys.stderr, flush=True)
+        args.node_memory, args.cxl = "1G", None
+        req = boot_request(args, args.snapshot, False, None, store)
+        linux_flow.boot(req, store, log=linux_flow.stderr_log)
+    ns = argparse.Namespace(snapshot=args.snapshot, kernel=None, smp=None, memory=None,
+                            icount_shift=None)
+    s = restorable(store, ns)
+    board = linux_flow.board_of(s, linux_machine.IDLE_COMMAND)
+    nodes = board.nodes
+    if args.nodes:
+        nodes = [int(n) for n in args.nodes.split(",") if n.strip().isdigit()]
+        bad = [n for n in args.nodes.split(",") if not n.strip().isdigit() or int(n) not in board.nodes]
+        if bad or not nodes:
+            raise CosimError(f"--nodes {args.nodes}: want node ids from "
+                             f"{','.join(map(str, board.nodes))}, comma-separated")
+    workloads = linux_flow.workloads_of(board)
+    timing_cfg = timing_config.load(args.preset, args.config)
+    rows = []
+    for node in nodes:
+        numa = f"membind={node}"
+        board.command = linux_flow.workload_command(workloads, args.workload, args.args, numa,
+                                                    board.nodes)
+        print(f"cosim tiers: {args.workload} {args.args} bound to node {node} "
+              f"(timing model)", file=sys.stderr, flush=True)
+        machine = QemuConfig(kernel=Path(s.manifest["guest"]["kernel"]),
+                             smp=s.manifest["machine"]["smp"], quantum=s.manifest["quantum"],
+                             memory=s.manifest["machine"]["memory"], mode="trace",
+                             icount_shift=s.manifest["icount_shift"],
+                             board=dataclasses.replace(board))
+        spec = RunSpec(machine=machine, timing=timing_cfg, preset=args.preset,
+                       config_file=args.config, store=store, snapshot=s,
+                       console=sys.stderr if args.json else sys.stdout)
+        summary = Session(spec).run()
+        if summary.get("workload_exit_code") != 0:
+            raise CosimError(f"{args.workload} bound to node {node} ended with exit code "
+                             f"{summary.get('workload_exit_code')}; see its output above")
+        rows.append(dict(summary, numa=numa))
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"\n== cosim tiers: {args.workload} {args.args}, snapshot {args.snapshot}, "
+          f"{s.manifest['machine']['smp']} vCPUs, quantum {s.manifest['quantum']} ==")
+    print(linux_flow.tier_table(rows, args.work_key))
+    for r in rows:
+        hot = r["timing"]["hot_pages"]["cxl"][:3]
+        if hot:
+            print(f"{r['numa']}: hottest CXL pages " + ", ".join(
+                f"{p['page']} ({p['reads'] + p['writes']:,} lines)" for p in hot))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = timing_config.load(args.preset, args.config)
     title = f"cosim timing configuration: preset {args.preset or '(defaults)'}" + (
@@ -420,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": cmd_run, "build": cmd_build, "doctor": cmd_doctor,
                 "config": cmd_config, "regress": cmd_regress, "snapshot": cmd_snapshot,
                 "status": cmd_client, "pause": cmd_client, "resume": cmd_client,
-                "stop": cmd_client}
+                "stop": cmd_client, "guest": cmd_guest, "boot": cmd_boot, "tiers": cmd_tiers}
     try:
         return handlers[args.command](args)
     except CosimError as e:

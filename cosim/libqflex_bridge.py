@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import shutil
 import signal
 import socket

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CosimError
+from .guest_image import KERNEL_APPEND
 from .timing.config import Config
 
 COMMAND_BYTES = 4096
@@ -35,9 +36,6 @@ _4G = 1 << 32
 #: (hw/i386/pc_q35.c); otherwise 2 GiB below and the rest from 4 GiB up
 Q35_LOWMEM_LIMIT = 0xB000_0000
 Q35_LOWMEM = 0x8000_0000
-#: kernel options: serial console; a panic reboots, and -no-reboot turns
-#: that into QEMU exiting instead of a silent hang
-KERNEL_APPEND = "console=ttyS0 panic=-1"
 CXL_WINDOW_SIZE = 4 << 30
 
 
@@ -91,8 +89,12 @@ class LinuxBoard:
         args = [
             "-M", machine,
             # -hypervisor: Linux refuses to commit a CXL region "under a hypervisor"
-            # (it cannot flush caches by CPUID); kept for both machines so they compare
-            "-cpu", "max,-hypervisor",
+            # (it cannot flush caches by CPUID); kept for both machines so they compare.
+            # -erms,-fsrm: else the kernel clears and copies pages with byte-wise
+            # rep stosb/movsb, and icount charges every byte as an instruction.
+            # -monitor: TCG's MWAIT does not sleep with several vCPUs, so an idle
+            # vCPU would spin in the kernel's mwait idle loop instead of halting
+            "-cpu", "max,-hypervisor,-erms,-fsrm,-monitor",
             "-L", str(self.firmware), "-no-reboot",
             "-m", f"{self.memory_bytes >> 20}M",
             "-object", f"memory-backend-ram,id=node0,size={n0 >> 20}M",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -24,6 +24,7 @@ from . import __version__, paths
 from . import snapshot as snap
 from .errors import CosimError
 from .libqflex_bridge import Bridge, QemuConfig, Report, qemu_binary
+from .linux_machine import EXIT_MARKER, cxl_window_base
 from .progress import Progress
 from .quantum import Schedule, run_round_robin
 from .timing import config as timing_config
@@ -43,11 +44,11 @@ RAM_BASE = 0x8000_0000
 RESULT_LINE = re.compile(r"^RESULT .*$", re.M)
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str, flag: str = "--memory") -> int:
     """Bytes of a QEMU-style size (``512M``, ``2G``; a bare number is MiB)."""
     m = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
-    if not m:
-        raise CosimError(f"--memory {text!r}: want a size such as 512M or 2G")
+    if not m or int(m.group(1)) == 0:
+        raise CosimError(f"{flag} {text!r}: want a size such as 512M or 2G")
     scale = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
     return int(m.group(1)) * scale
 
@@ -68,6 +69,7 @@ class RunSpec:
     snapshot: snap.Snapshot | None = None   # restore from this
     console: TextIO | Path | None = None
     paused: bool = False                # start paused (wait for the control plane)
+    until_marker: str | None = None     # stop at the first report after the console shows it
 
 
 class Session:
@@ -94,6 +96,8 @@ class Session:
         self._lock = threading.Lock()
         self._status: dict = {}
         self._progress: Progress | None = None
+        self._console_pos = 0
+        self.marker_seen = False
         self.final_summary: dict | None = None
         self._publish()
 
@@ -121,6 +125,12 @@ class Session:
                         run_round_robin(self.bridge, self.schedule, max_insns=limit,
                                         on_report=self._on_report,
                                         whole_rounds=spec.save is not None)
+                if spec.until_marker is not None and not self.marker_seen:
+                    raise CosimError(
+                        f"the guest {'exited' if self.schedule.exited else 'stopped'} after "
+                        f"{self.schedule.total:,} instructions without printing "
+                        f"{spec.until_marker}; nothing was saved (console: "
+                        f"{self.bridge.console_path})")
                 if spec.save is not None:
                     if self.schedule.exited:
                         raise CosimError(
@@ -131,6 +141,7 @@ class Session:
             finally:
                 self._progress.close()
             self.stopped_by = ("guest-exit" if self.schedule.exited else
+                               "ready-marker" if self.marker_seen else
                                "control-stop" if self._stop else "max-insns")
             self.state = "finished"
             summary = self.summary()
@@ -168,8 +179,21 @@ class Session:
     def _build_model(self) -> timing_state.Model:
         assert self.spec.timing is not None
         c = self.config
-        return timing_state.build(self.spec.timing, c.smp, [(RAM_BASE, parse_size(c.memory))],
-                                  roi=timing_stats.roi_addresses(c.kernel))
+        if c.board is None:
+            return timing_state.build(self.spec.timing, c.smp, [(RAM_BASE, parse_size(c.memory))],
+                                      roi=timing_stats.roi_addresses(c.kernel))
+        # Linux q35: node 1 and the CXL window are served by the CXL controllers
+        board = c.board
+        ram = board.node_ranges(0) + board.node_ranges(1)
+        cxl = list(board.node_ranges(1))
+        if board.cxl_bytes:
+            window = (cxl_window_base(self.bridge.hmp("info mtree -f")), board.cxl_bytes)
+            ram.append(window)
+            cxl.append(window)
+        cfg = self.spec.timing
+        cfg = replace(cfg, memory=replace(cfg.memory, ranges=tuple(cfg.memory.ranges) + tuple(
+            (start, size, "cxl") for start, size in cxl)))
+        return timing_state.build(cfg, c.smp, ram)
 
     def _on_report(self, report: Report) -> bool:
         """Between reports: progress, publish status, serve control requests."""
@@ -178,7 +202,28 @@ class Session:
         self._publish()
         if self.controller is not None and self.controller.poll():
             self._stop = True
+        if self.spec.until_marker is not None and self._console_shows(self.spec.until_marker):
+            self.marker_seen = self._stop = True
         return self._stop
+
+    def _console_shows(self, marker: str) -> bool:
+        """Has the guest printed ``marker`` at the start of a line yet?
+
+        The serial device writes the console file from the vCPU thread as
+        the guest stores to it, so at a report boundary the file holds
+        exactly what the guest printed so far: stopping at the first report
+        that shows the marker is reproducible.
+        """
+        needle = b"\n" + marker.encode()
+        start = max(0, self._console_pos - len(needle))
+        try:
+            with open(self.bridge.console_path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except OSError:
+            return False
+        self._console_pos = start + len(data)
+        return needle in (b"\n" + data if start == 0 else data)
 
     # -- snapshots -----------------------------------------------------------
 
@@ -222,7 +267,9 @@ class Session:
             "qemu": {"binary": str(binary), "build_id": snap.build_id(binary),
                      "patch_hash": paths.patch_hash(), "version": paths.QEMU_DEBIAN_VERSION},
             "guest": {"arch": self.bridge.arch, "kernel": str(self.config.kernel),
-                      "kernel_blake2b": snap.file_digest(self.config.kernel)},
+                      "kernel_blake2b": snap.file_digest(self.config.kernel),
+                      **({"board": dict(self.config.board.describe(), initrd_blake2b=snap.file_digest(
+                          self.config.board.initrd))} if self.config.board else {})},
             "machine": {"smp": self.config.smp, "memory": self.config.memory,
                         "seed": self.config.seed},
             "command_line": self.bridge.command_line(),
@@ -335,6 +382,9 @@ class Session:
             "mips": round(done / wall / 1e6, 2) if wall > 0 else 0.0,
             "session_insns": done,
         }
+        if self.config.board is not None:
+            exits = EXIT_MARKER.findall(self.bridge.console_text())
+            s["workload_exit_code"] = int(exits[-1]) if exits else None
         if self.spec.snapshot is not None:
             s["restored_from"] = self.spec.snapshot.name
         if self.notes:

@@ -98,6 +98,11 @@ class Store:
     def path(self, name: str) -> Path:
         return self.root / check_name(name)
 
+    def log_path(self, filename: str) -> Path:
+        """A log kept beside the snapshots (a boot's console), the directory made if needed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / filename
+
     def exists(self, name: str) -> bool:
         return self.path(name).exists()
 
