@@ -90,4 +90,4 @@ if ! .venv/bin/python -c "import cosim, pytest" 2>/dev/null || \
 fi
 
 .venv/bin/cosim build
-say "done: try  .venv/bin/cosim run"
+say "done: try  .venv/bin/cosim tiers   (the main job; or .venv/bin/cosim run for a bare-metal guest)"
