@@ -87,6 +87,11 @@ class Report:
     partial_insns: int = 0      # ... and the instructions it ran
     turn_list: list[Turn] = field(default_factory=list)
     partial_records: np.ndarray | None = None   # on exit: the interrupted turn's trace
+    # with QemuConfig.clock == "model" (else -1 / 0):
+    vclock: int = -1            # the guest's virtual clock after the command, ns
+    deadline: int = -1          # when the next virtual timer is due, ns; -1 none
+    idle_mask: int = 0          # vCPUs halted with nothing to do, at the end
+    start_idle_mask: int = 0    # ... at the last turn's start, once due timers fired
 
 
 @dataclass
@@ -104,6 +109,9 @@ class QemuConfig:
     extra_args: list[str] = field(default_factory=list)
     loadext: Path | None = None     # a snapshot directory to start from (-loadext)
     board: LinuxBoard | None = None  # x86_64 Linux machine (kernel is then its bzImage)
+    #: "icount": the guest's clocks follow instructions (2^shift ns each);
+    #: "model": the timing model sets them (step(clock=...)), see cosim.timing.engine
+    clock: str = "icount"
 
     @property
     def arch(self) -> str:
@@ -149,11 +157,14 @@ class Bridge:
     def __init__(self, config: QemuConfig, console: TextIO | Path | None = None) -> None:
         if config.mode not in ("fast", "trace"):
             raise CosimError(f"--mode {config.mode}: must be fast or trace")
+        if config.clock not in ("icount", "model"):
+            raise CosimError(f"clock {config.clock!r}: must be icount or model")
         self.config = config
         self.arch = config.arch
         self.digest = RunDigest(block_turns=config.rr_batch_turns())
         self.exit_code: int | None = None
         self.hello: dict = {}
+        self.vclock = -1        # the guest's virtual clock at the last message (clock=model)
         self._console_target = console
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
@@ -190,6 +201,8 @@ class Bridge:
         plugin_args = [f"socket={self._dir / 'plugin.sock'}", f"mode={c.mode}"]
         if c.mode == "trace":
             plugin_args += [f"shm={self._dir / 'trace.shm'}", f"shm_records={c.shm_records}"]
+        if c.clock == "model":
+            plugin_args.append("clock=model")
         if c.board is not None:
             board = c.board.qemu_args(c.smp, self.command_file)
         else:
@@ -234,7 +247,7 @@ class Bridge:
             if self.hello.get("t") != "hello":
                 raise CosimError(f"plugin sent {self.hello!r} instead of hello")
             self._start_console_forwarding()
-            self._expect("ready")
+            self.vclock = self._expect("ready").get("vclock", -1)
         except BaseException:
             self.close()
             raise
@@ -293,13 +306,30 @@ class Bridge:
             raise CosimError(f"turns={turns}: must be > 0")
         return self._command({"c": "rr", "turns": turns})
 
-    def step(self, vcpu: int, n: int) -> Report:
-        """Run vCPU ``vcpu`` for ``n`` instructions (others skip their turns)."""
+    def step(self, vcpu: int, n: int, turns: int = 1, parked: int = 0,
+             clock: int | None = None, rate: int = 0, cap: int = -1) -> Report:
+        """Run vCPU ``vcpu`` for ``n`` instructions (others skip their turns).
+
+        ``turns`` > 1: that many turns of ``n`` in a row, ending early when
+        the vCPU halts or a vCPU in the ``parked`` mask has work again.
+        ``clock`` (clock=model): set the guest's virtual clock to ``clock``
+        ns as the turn starts, advancing ``rate`` ns per instruction (16.16
+        fixed point) up to ``cap`` ns (-1: none).
+        """
         if not 0 <= vcpu < self.config.smp:
             raise CosimError(f"vcpu={vcpu}: must be in 0..{self.config.smp - 1}")
-        if n <= 0:
-            raise CosimError(f"n={n}: must be > 0")
-        return self._command({"c": "step", "vcpu": vcpu, "n": n})
+        if n <= 0 or turns <= 0:
+            raise CosimError(f"n={n}, turns={turns}: must be > 0")
+        cmd: dict = {"c": "step", "vcpu": vcpu, "n": n}
+        if turns > 1:
+            cmd["turns"] = turns
+        if parked:
+            cmd["parked"] = parked
+        if clock is not None:
+            if self.config.clock != "model":
+                raise CosimError("step(clock=...) needs QemuConfig.clock='model'")
+            cmd.update(clock=clock, rate=rate, cap=cap)
+        return self._command(cmd)
 
     def _command(self, cmd: dict) -> Report:
         if self._exited:
@@ -364,7 +394,10 @@ class Bridge:
             partial_vcpu=msg["vcpu"] if exited else -1,
             partial_insns=msg["counted"] if exited else 0,
             turn_list=turns,
+            vclock=msg.get("vclock", -1), deadline=msg.get("deadline", -1),
+            idle_mask=msg.get("idle", 0), start_idle_mask=msg.get("sidle", 0),
         )
+        self.vclock = report.vclock
         if self._shm is None:
             self.digest.batch(report.insns, report.turn_counts, report.halted_turns)
         elif turns and last is not None:
@@ -539,7 +572,7 @@ class Bridge:
     def resume(self) -> None:
         """Continue after ``pause()``; returns when the plugin asks for a command."""
         self.qmp("cont")
-        self._expect("ready")
+        self.vclock = self._expect("ready").get("vclock", -1)
 
     # -- console -----------------------------------------------------------
 

@@ -8,7 +8,9 @@
  *
  * Arguments: socket=PATH (the bridge listens there), mode=fast|trace,
  * shm=PATH and shm_records=N (trace mode: a file the bridge created and
- * maps too; records of a turn are written there, not sent on the socket).
+ * maps too; records of a turn are written there, not sent on the socket),
+ * clock=model (the bridge's timing model sets the guest's virtual clock,
+ * plugin API 6: the guest lives in simulated time).
  *
  * Wire format on the socket: frames of a 4-byte little-endian length and a
  * msgpack map. The plugin sends "hello" at load, "ready" when it needs a
@@ -17,6 +19,13 @@
  * exits. The bridge answers "ready"/"report" with a command:
  *   {"c": "rr", "turns": K}     K turns round-robin with the quantum budget
  *   {"c": "step", "vcpu": v, "n": n}  skip to vCPU v, run it for n insns
+ *       optional: "turns": K   K turns of v in a row (others skipped); the
+ *                              report comes early when v halts or a vCPU
+ *                              in "parked" is no longer idle
+ *                 "parked": M  bit mask of vCPUs the bridge keeps asleep
+ *                 "clock": ns, "rate": r, "cap": ns (clock=model only)
+ *                              set the virtual clock as v's first turn
+ *                              starts (qemu_plugin_set_virtual_clock)
  *   {"c": "pause"}              skip the rest of the round; VM stops; the
  *                               plugin answers "paused" with its state
  *   {"c": "load", "dep": [[v0..v3] per vCPU], "head": [h per vCPU]}
@@ -29,7 +38,11 @@
  * rec_end] per turn completed since the previous message, where rec_end is
  * the end of that turn's records in the buffer; records after the last
  * rec_end belong to the turn still running. So many turns travel in one
- * round trip and each turn's records stay separable.
+ * round trip and each turn's records stay separable. With clock=model,
+ * "ready", "report" and "exit" carry "vclock" (the virtual clock, ns) and
+ * a report's last turn also "deadline" (next virtual timer, absolute ns,
+ * -1 none), "idle" and "sidle" (masks of vCPUs halted with nothing to do
+ * at the end, and at the start once due timers fired).
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
@@ -124,6 +137,13 @@ static struct {
     uint64_t rr_left;
     unsigned int step_vcpu;
     uint64_t step_n;
+    uint64_t step_turns;        /* turns of step_vcpu left in the command */
+    uint64_t parked;            /* vCPUs the bridge keeps asleep */
+
+    bool model_clock;           /* clock=model */
+    bool clock_pending;         /* set the clock as step_vcpu's turn starts */
+    int64_t clock_ns, clock_cap;
+    uint32_t clock_rate;
 } S = { .fd = -1, .cur_vcpu = -1 };
 
 static void die(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
@@ -242,7 +262,8 @@ static void send_report(const char *type, int vcpu,
 
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, (info ? 16 : 12) + (S.ends ? 1 : 0));
+    msgpack_pack_map(&pk, (info ? 16 : 12) + (S.ends ? 1 : 0) +
+                     (S.model_clock ? 1 + (info ? 3 : 0) : 0));
     pack_str(&pk, "t");
     pack_str(&pk, type);
     pack_str(&pk, "vcpu");
@@ -272,6 +293,16 @@ static void send_report(const char *type, int vcpu,
         }
         pack_kv_u64(&pk, "icount", info->icount);
     }
+    if (S.model_clock) {
+        pack_str(&pk, "vclock");
+        msgpack_pack_int64(&pk, info ? info->vclock : qemu_plugin_virtual_clock());
+        if (info) {
+            pack_str(&pk, "deadline");
+            msgpack_pack_int64(&pk, info->next_deadline);
+            pack_kv_u64(&pk, "idle", info->idle_mask);
+            pack_kv_u64(&pk, "sidle", info->start_idle_mask);
+        }
+    }
     if (S.ends) {
         pack_ends(&pk);
     }
@@ -293,11 +324,15 @@ static void send_simple(const char *type)
 
     msgpack_sbuffer_init(&sb);
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2 + (S.ends ? 1 : 0));
+    msgpack_pack_map(&pk, 2 + (S.ends ? 1 : 0) + (S.model_clock ? 1 : 0));
     pack_str(&pk, "t");
     pack_str(&pk, type);
     pack_str(&pk, "nrec");
     msgpack_pack_uint64(&pk, S.nrec);
+    if (S.model_clock) {
+        pack_str(&pk, "vclock");
+        msgpack_pack_int64(&pk, qemu_plugin_virtual_clock());
+    }
     if (S.ends) {
         pack_ends(&pk);
     }
@@ -360,6 +395,31 @@ static uint64_t map_u64(const msgpack_object *map, const char *key)
         die("command lacks a non-negative integer \"%s\"", key);
     }
     return v->via.u64;
+}
+
+/* An optional non-negative integer under @key, else @dflt. */
+static uint64_t map_u64_or(const msgpack_object *map, const char *key,
+                           uint64_t dflt)
+{
+    return map_get(map, key) ? map_u64(map, key) : dflt;
+}
+
+/* An optional integer (of either sign) under @key, else @dflt. */
+static int64_t map_i64_or(const msgpack_object *map, const char *key,
+                          int64_t dflt)
+{
+    const msgpack_object *v = map_get(map, key);
+
+    if (!v) {
+        return dflt;
+    }
+    if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        return v->via.i64;
+    }
+    if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 > INT64_MAX) {
+        die("command has a bad integer \"%s\"", key);
+    }
+    return (int64_t)v->via.u64;
 }
 
 /* An array of exactly @n non-negative integers under @key, or die. */
@@ -455,8 +515,20 @@ static bool read_command(void)
         S.cmd = CMD_STEP;
         S.step_vcpu = map_u64(&msg.data, "vcpu");
         S.step_n = map_u64(&msg.data, "n");
-        if (S.step_vcpu >= S.nvcpus || S.step_n == 0) {
-            die("step needs vcpu < %u and n > 0", S.nvcpus);
+        S.step_turns = map_u64_or(&msg.data, "turns", 1);
+        S.parked = map_u64_or(&msg.data, "parked", 0);
+        if (S.step_vcpu >= S.nvcpus || S.step_n == 0 || S.step_turns == 0) {
+            die("step needs vcpu < %u, n > 0 and turns > 0", S.nvcpus);
+        }
+        S.clock_pending = map_get(&msg.data, "clock") != NULL;
+        if (S.clock_pending) {
+            uint64_t rate = map_u64_or(&msg.data, "rate", 0);
+            if (!S.model_clock || rate > UINT32_MAX) {
+                die("step: \"clock\" needs clock=model and a rate < 2^32");
+            }
+            S.clock_ns = map_i64_or(&msg.data, "clock", 0);
+            S.clock_rate = rate;
+            S.clock_cap = map_i64_or(&msg.data, "cap", -1);
         }
     } else if (strcmp(name, "pause") == 0) {
         S.cmd = CMD_PAUSE;
@@ -488,6 +560,10 @@ static void vcpu_turn_start(qemu_plugin_id_t id, unsigned int vcpu)
     switch (S.cmd) {
     case CMD_STEP:
         qemu_plugin_set_vcpu_budget(vcpu, vcpu == S.step_vcpu ? S.step_n : 0);
+        if (vcpu == S.step_vcpu && S.clock_pending) {
+            qemu_plugin_set_virtual_clock(S.clock_ns, S.clock_rate, S.clock_cap);
+            S.clock_pending = false;
+        }
         break;
     case CMD_PAUSE:
         qemu_plugin_set_vcpu_budget(vcpu, 0);
@@ -540,7 +616,14 @@ static void vcpu_turn_end(qemu_plugin_id_t id, unsigned int vcpu,
         report = --S.rr_left == 0;
         break;
     case CMD_STEP:
-        report = true;
+        /*
+         * A parked vCPU that has work again (an interrupt from this turn,
+         * or from a timer the clock made due) ends the command: the
+         * bridge must schedule it.
+         */
+        report = --S.step_turns == 0 || info->halted ||
+                 (S.parked & ~info->idle_mask) != 0 ||
+                 (S.model_clock && (S.parked & ~info->start_idle_mask) != 0);
         break;
     default:
         report = false;
@@ -764,6 +847,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
             shm = argv[i] + strlen("shm=");
         } else if (g_strcmp0(kv[0], "shm_records") == 0) {
             shm_records = g_ascii_strtoull(kv[1], NULL, 10);
+        } else if (g_strcmp0(kv[0], "clock") == 0 &&
+                   g_strcmp0(kv[1], "model") == 0) {
+            S.model_clock = true;
         } else if (g_strcmp0(kv[0], "mode") == 0 &&
                    (g_strcmp0(kv[1], "fast") == 0 ||
                     g_strcmp0(kv[1], "trace") == 0)) {
@@ -771,7 +857,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
         } else {
             fprintf(stderr, "cosim plugin: unknown argument %s (accepted: "
                     "socket=PATH, mode=fast|trace, shm=PATH, "
-                    "shm_records=N)\n", argv[i]);
+                    "shm_records=N, clock=model)\n", argv[i]);
             return -1;
         }
     }
@@ -786,6 +872,10 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     }
     if (!sock) {
         fprintf(stderr, "cosim plugin: needs socket=PATH\n");
+        return -1;
+    }
+    if (S.model_clock && !qemu_plugin_own_virtual_clock()) {
+        fprintf(stderr, "cosim plugin: clock=model needs -accel tcg,quantum=Q\n");
         return -1;
     }
     if (S.mode == MODE_TRACE &&
