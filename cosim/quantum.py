@@ -102,9 +102,12 @@ class Schedule:
         }
 
 
-def step(bridge: Bridge, schedule: Schedule, vcpu: int, n: int) -> Report:
-    """Caller-directed: run ``vcpu`` for ``n`` instructions and account it."""
-    report = bridge.step(vcpu, n)
+def step(bridge: Bridge, schedule: Schedule, vcpu: int, n: int, **how: int | None) -> Report:
+    """Caller-directed: run ``vcpu`` for ``n`` instructions and account it.
+
+    ``how``: the batching and clock arguments of ``Bridge.step``.
+    """
+    report = bridge.step(vcpu, n, **how)  # type: ignore[arg-type]
     schedule.account(report)
     return report
 

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 #: riscv64 ``virt``: RAM starts here (QEMU hw/riscv/virt.c)
 RAM_BASE = 0x8000_0000
 RESULT_LINE = re.compile(r"^RESULT .*$", re.M)
+#: how often a run refreshes its progress line and the status the control plane serves
+PUBLISH_EVERY_S = 0.05
 
 
 def parse_size(text: str, flag: str = "--memory") -> int:
@@ -79,6 +81,8 @@ class Session:
         self.spec = spec
         self.config = spec.machine
         self.config.loadext = spec.snapshot.path if spec.snapshot else None
+        # under the timing model the guest's clocks follow simulated time
+        self.config.clock = "model" if spec.timing is not None else "icount"
         self.bridge = Bridge(self.config, console=spec.console)
         self.schedule = Schedule(self.config.smp)
         self.model: timing_state.Model | None = None
@@ -96,6 +100,7 @@ class Session:
         self._lock = threading.Lock()
         self._status: dict = {}
         self._progress: Progress | None = None
+        self._published = 0.0               # monotonic time of the last refresh
         self._console_pos = 0
         self.marker_seen = False
         self.final_summary: dict | None = None
@@ -142,7 +147,12 @@ class Session:
                 self._progress.close()
             self.stopped_by = ("guest-exit" if self.schedule.exited else
                                "ready-marker" if self.marker_seen else
-                               "control-stop" if self._stop else "max-insns")
+                               "control-stop" if self._stop else
+                               "all-halted" if self.engine is not None and self.engine.stalled
+                               else "max-insns")
+            if self.stopped_by == "all-halted":
+                self.notes.append("every vCPU halted with no timer armed: nothing could wake "
+                                  "the guest, so the run ended")
             self.state = "finished"
             summary = self.summary()
             self.final_summary = summary
@@ -196,10 +206,18 @@ class Session:
         return timing_state.build(cfg, c.smp, ram)
 
     def _on_report(self, report: Report) -> bool:
-        """Between reports: progress, publish status, serve control requests."""
+        """Between reports: progress, publish status, serve control requests.
+
+        Progress and the published status are refreshed every
+        ``PUBLISH_EVERY_S`` of wall time, not at every report (a report can
+        be one turn); requests are served at every report.
+        """
         assert self._progress is not None
-        self._progress.update(self.schedule.total, self.sim_seconds())
-        self._publish()
+        now = time.monotonic()
+        if now - self._published >= PUBLISH_EVERY_S:
+            self._published = now
+            self._progress.update(self.schedule.total, self.sim_seconds())
+            self._publish()
         if self.controller is not None and self.controller.poll():
             self._stop = True
         if self.spec.until_marker is not None and self._console_shows(self.spec.until_marker):
@@ -239,7 +257,7 @@ class Session:
                 {"schedule": self.schedule.state(), "digest": self.bridge.digest.state()}))
             if self.model is not None:
                 engine = (self.engine.state() if self.engine is not None else
-                          self._resume_engine or {"pending_idle": -1, "max_time_skew": 0})
+                          self._resume_engine or {})
                 (tmp / snap.TIMING_STATE).write_bytes(persist.dumps(
                     self.model, dict(engine, time_base=self.time_base),
                     timing_config.show(self.model.cfg, "timing configuration of the snapshot"),
@@ -360,11 +378,14 @@ class Session:
         if self.model is None:
             return None
         cycles = self.cycles() or 0
+        engine = self.engine
         doc = timing_stats.document(self.model, cycles, self.spec.preset,
                                     str(self.spec.config_file) if self.spec.config_file else None,
-                                    time_base=self.time_base)
-        if self.engine is not None:
-            doc["max_time_skew_cycles"] = self.engine.max_time_skew // TICKS_PER_CYCLE
+                                    time_base=self.time_base,
+                                    parked=engine.parked if engine is not None else None)
+        if engine is not None:
+            doc["max_time_skew_cycles"] = engine.max_time_skew // TICKS_PER_CYCLE
+            doc["clock"] = timing_stats.clock_report(engine, self.time_base)
         return doc
 
     def summary(self) -> dict:

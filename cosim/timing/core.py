@@ -136,9 +136,12 @@ def _roi_mark(K: CoreArrays, H: Hier, c: int, which: int, now: int, insn: int) -
 
 
 @njit(_nrt=False, cache=True)
-def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
-             kind: np.ndarray, flags: np.ndarray, executed: int) -> int:
-    """Advance core ``c`` over one turn of ``executed`` instructions; returns its ticks."""
+def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) -> int:
+    """Advance core ``c`` over one turn of ``executed`` instructions; returns its ticks.
+
+    ``recs``: the turn's trace records (``cosim.trace.RECORD_DTYPE``), passed
+    as they are: one argument, no per-field views to build per call.
+    """
     p = K.params
     cpi = p[C_CPI]
     rob = p[C_ROB]
@@ -158,8 +161,12 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
     sblast = sc[c, T_SBLAST]
     sblast_cat = sc[c, T_SBLAST_CAT]
     stall = 0
-    for r in range(addr.shape[0]):
-        i = idx[r]
+    for r in range(recs.shape[0]):
+        rec = recs[r]
+        i = np.int64(rec.idx)
+        k = rec.kind
+        a = np.int64(rec.addr)
+        fl = rec.flags
         now = base + i * cpi + stall
         ai = ibase + i
         # the reorder buffer is full behind a long operation: wait for it
@@ -171,9 +178,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
                 now = done
             head = (head + 1) % rob
             count -= 1
-        k = kind[r]
-        a = addr[r]
-        if flags[r] & FLAG_IO and not memory.in_ram(H.Mm, a):
+        if fl & FLAG_IO and not memory.in_ram(H.Mm, a):
             # device register: uncached and serialising
             sc[c, T_IO] += 1
             K.cpi[c, CAT_IO] += p[C_IO_LAT]
@@ -190,7 +195,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
         elif k == KIND_LOAD:
             sc[c, T_LOADS] += 1
             issue = now
-            dep = (flags[r] >> FLAG_DEP_SHIFT) & 7
+            dep = (fl >> FLAG_DEP_SHIFT) & 7
             if dep:
                 producer = K.ld_done[c, (ldhead - (dep - 1)) % LD_RING]
                 if producer > issue:
@@ -249,3 +254,16 @@ def run_turn(K: CoreArrays, H: Hier, c: int, addr: np.ndarray, idx: np.ndarray,
     sc[c, T_SBLAST] = sblast
     sc[c, T_SBLAST_CAT] = sblast_cat
     return ticks
+
+
+@njit(_nrt=False, cache=True)
+def run_turns(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, bounds: np.ndarray,
+              executed: np.ndarray, ticks: np.ndarray) -> None:
+    """``run_turn`` over consecutive turns of core ``c`` in one call.
+
+    Turn ``t`` owns ``recs[bounds[t]:bounds[t + 1]]`` and ran ``executed[t]``
+    instructions; its ticks go to ``ticks[t]``. One call per batch saves
+    the cost of passing the model's arrays to compiled code once per turn.
+    """
+    for t in range(executed.shape[0]):
+        ticks[t] = run_turn(K, H, c, recs[bounds[t]:bounds[t + 1]], executed[t])

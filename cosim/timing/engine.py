@@ -1,25 +1,55 @@
-"""Simulated time decides which vCPU runs next.
+"""Simulated time decides which vCPU runs next, and the guest lives in it.
 
 One SimPy environment; each vCPU is a core process. A core process asks the
-bridge for one quantum of its vCPU (a caller-directed step), feeds the
-turn's trace to the compiled core model, and sleeps for the simulated time
-that took. SimPy wakes processes in time order, so the vCPU with the
-smallest local time runs next (ties go to the lower vCPU id): the
-functional interleaving follows simulated time within one quantum.
+bridge for a turn of its vCPU (a caller-directed step), feeds the turn's
+trace to the compiled core model, and sleeps for the simulated time that
+took. SimPy wakes processes in time order, so the vCPU with the smallest
+local time runs next (ties go to the lower vCPU id): the functional
+interleaving follows simulated time within one quantum.
 
-A vCPU that halts (WFI) is idle, not busy: it sleeps for one quantum's
-worth of base time and is stepped again, which bounds how late it sees an
-interrupt raised by another core to one quantum.
+The guest's clock is simulated time (``clock.GuestClock``, qemu patch
+0009). Every command sets QEMU's virtual clock to the simulated time of
+the vCPU about to run; during the turn it advances at that vCPU's recent
+rate (ns per instruction of its last turn) and stops at the simulated time
+of the next turn of any other vCPU, so it never runs ahead of what runs
+next and never goes back. Virtual timers therefore fire where simulated
+time reaches them.
 
-With a single vCPU there is no order to decide, so its turns are fetched
-in batches (one round trip per ``QemuConfig.rr_batch_turns()``) and fed to
-the model one by one exactly as single steps would be: same turns, same
-cycles, a fraction of the round trips.
+Halted vCPUs sleep. A turn that leaves its vCPU halted with nothing to do
+(the plugin reports the idle mask at every turn end) parks the vCPU: it
+is not stepped again until something can wake it, either
 
-A run can stop and continue from a snapshot. Every vCPU's next wake-up is
-its local time (``T_TIME``), except that the vCPU whose turn ended the run
-has not yet slept off a halted turn; ``state()`` records that, and a
-restored run starts each vCPU's process with a wake at its local time, so
+- another vCPU's turn made it runnable (an IPI, a device interrupt): it
+  wakes at the end of that turn, or at its start when the interrupt came
+  from a timer that the turn's clock set made due; or
+- the next virtual-timer deadline: the lowest parked vCPU is stepped at
+  that simulated time, which fires the timer; the turn's idle masks tell
+  which vCPUs it woke (they run from that time), and a vCPU that is still
+  idle parks again.
+
+When every vCPU is parked, simulated time jumps to the next deadline; with
+none armed the run ends (``stalled``). Parked time is idle time.
+
+While no other vCPU is due to run (one vCPU, every other parked, or the
+others' local times ahead) there is no order to decide: a vCPU's turns come
+in batches, one round trip for up to ``QemuConfig.rr_batch_turns()`` turns,
+ending early when it halts or a parked vCPU has work again (the plugin
+checks), and sized to end, as predicted, by the time the next other vCPU
+runs or a parked one is due to wake. The model consumes the
+turns one by one, exactly as single steps would. Within a batch the clock
+runs at the predicted rate (the vCPU's ns per instruction over its last
+command), so a batch is sized to span at most ``BATCH_SPAN_NS`` of
+predicted simulated time (or one turn, if a turn is longer): in a steady
+phase the clock then stays within a few ns of simulated time, and where
+the workload changes pace inside a batch the error is bounded by that
+batch's span and corrected at the next command. The largest error seen at
+a batch end is reported (``max_batch_drift_ns``). Batch sizes are a
+function of the model's state, so runs stay reproducible.
+
+A run can stop and continue from a snapshot: ``state()`` holds the parked
+vCPUs, their wake-ups, the next deadline, the clock offset and the rate
+predictions; a restored run starts every running vCPU's process with a
+wake at its local time and every parked one asleep with its target, so
 the order of turns is the one the straight run would have taken.
 """
 
@@ -31,14 +61,18 @@ import numpy as np
 import simpy
 
 from .. import quantum
-from ..libqflex_bridge import Bridge, Report
+from ..libqflex_bridge import Bridge, Report, Turn
 from ..trace import RECORD_DTYPE
 from . import core
+from .clock import GuestClock, rate_between
 from .memory import TICKS_PER_CYCLE
 from .state import Model
 
-
 _NO_RECORDS = np.empty(0, dtype=RECORD_DTYPE)
+_NO_BYTES = np.empty(0, dtype=np.uint8)
+
+#: a batch of turns spans at most this much predicted simulated time (or one turn)
+BATCH_SPAN_NS = 10_000
 
 
 class _Wake(simpy.Event):
@@ -63,7 +97,7 @@ class TimingRun:
         ``whole_turns``: never clip the last turn to hit ``max_insns``
         exactly; a run that ends in a snapshot must stop where a longer
         straight run also passes. ``resume``: ``state()`` of the run that
-        wrote the snapshot the model was restored from.
+        wrote the snapshot the model was restored from (or of a warm-up).
         """
         self.bridge = bridge
         self.schedule = schedule
@@ -71,84 +105,269 @@ class TimingRun:
         self.max_insns = max_insns
         self.on_report = on_report
         self.quantum = bridge.config.quantum
-        self.idle_ticks = self.quantum * int(model.K.params[core.C_CPI])
         self.whole_turns = whole_turns
-        self.max_time_skew = 0 if resume is None else int(resume["max_time_skew"])
+        self.max_batch = bridge.config.rr_batch_turns()
+        n = model.ncores
+        scal = model.K.scal
+        st = resume or {}
+        ghz = model.cfg.core.frequency_ghz
+        if "offset_ns" in st:
+            offset = int(st["offset_ns"])
+        else:
+            # the guest clock before the first turn is where simulated time starts
+            offset = max(0, bridge.vclock) - GuestClock(ghz, 0).ns(int(scal[:, core.T_TIME].min()))
+        self.clock = GuestClock(ghz, offset)
+        self.parked: list[bool] = [bool(x) for x in st.get("parked", [False] * n)]
+        self.wake_at: list[int] = [int(x) for x in st.get("wake_at", [-1] * n)]
+        self.deadline_ns = int(st.get("deadline_ns", -1))
+        cpi = int(model.K.params[core.C_CPI])
+        self.pred: list[list[int]] = [list(map(int, p)) for p in st.get("pred", [[cpi, 1]] * n)]
+        self.last_vclock = int(st.get("last_vclock", bridge.vclock))
+        self.max_time_skew = int(st.get("max_time_skew", 0))
+        self.max_lead_ns = int(st.get("max_lead_ns", 0))
+        self.max_lag_ns = int(st.get("max_lag_ns", 0))
+        self.max_batch_drift_ns = int(st.get("max_batch_drift_ns", 0))
+        self.stalled = False            # every vCPU parked and no timer armed
         self._resume = resume
-        self._pending_idle = -1     # vCPU whose halted last turn has not slept yet
+        self._procs: list[simpy.Process] = []
+        self._sleep_target: list[int | None] = [None] * n
         self._finished = False
+        self._cap_ns = -1               # of the command in flight
+        self._turns = 1
+        self._span_ticks = self.clock.ticks(self.clock.offset_ns + BATCH_SPAN_NS)
 
     def state(self) -> dict:
         """What a snapshot needs to continue the order of turns (see module doc)."""
-        return {"pending_idle": self._pending_idle, "max_time_skew": self.max_time_skew}
+        return {"parked": list(self.parked), "wake_at": list(self.wake_at),
+                "deadline_ns": self.deadline_ns, "offset_ns": self.clock.offset_ns,
+                "pred": [list(p) for p in self.pred],
+                "last_vclock": self.last_vclock, "max_time_skew": self.max_time_skew,
+                "max_lead_ns": self.max_lead_ns, "max_lag_ns": self.max_lag_ns,
+                "max_batch_drift_ns": self.max_batch_drift_ns}
 
     def run(self) -> None:
         env = simpy.Environment()
+        self._env = env
         self._done = env.event()
-        if self._resume is not None and self._resume["pending_idle"] >= 0:
-            self._idle(int(self._resume["pending_idle"]), True)
-        for v in range(self.model.ncores):
-            env.process(self._core(env, v))
-        env.run(until=self._done)
+        self._never = env.event()
+        self._procs = [env.process(self._core(env, v)) for v in range(self.model.ncores)]
+        try:
+            env.run(until=self._done)
+        except RuntimeError as e:
+            if self._done.triggered or "No scheduled events left" not in str(e):
+                raise
+            # no events left: every vCPU is parked and no timer can wake one
+            self.stalled = True
 
-    def _feed(self, vcpu: int, records: np.ndarray | None, executed: int) -> int:
-        """Run the core model over one turn's records; returns its ticks."""
-        if records is None:
-            records = _NO_RECORDS
-        return core.run_turn(self.model.K, self.model.H, vcpu, records["addr"].view(np.int64),
-                             records["idx"], records["kind"], records["flags"], executed)
+    # -- one vCPU ------------------------------------------------------------
 
     def _core(self, env: simpy.Environment, v: int) -> Generator:
-        sched = self.schedule
         scal = self.model.K.scal
-        if self._resume is not None:
-            yield _Wake(env, int(scal[v, core.T_TIME]), v)
+        if self._resume is not None and not self.parked[v]:
+            yield _Wake(env, int(scal[v, core.T_TIME]) - env.now, v)
         while not self._finished:
-            report = self._next_report(v)
-            ticks = 0
-            halted = False
-            for k, turn in enumerate(report.turn_list):
-                if k:
-                    # a batch (one vCPU): each turn after a halted one starts later
-                    ticks += self._idle(v, halted)
-                ticks += self._feed(turn.vcpu, turn.records, turn.executed)
-                halted = turn.halted
-            if report.exited and report.partial_vcpu >= 0:
-                ticks += self._feed(report.partial_vcpu, report.partial_records,
-                                    report.partial_insns)
+            if self.parked[v]:
+                yield from self._sleep(env, v)
+            t0 = int(scal[v, core.T_TIME])
+            report = self._command(v, t0)
+            last_start = self._feed_report(v, report)
+            t1 = int(scal[v, core.T_TIME])
             times = scal[:, core.T_TIME]
             self.max_time_skew = max(self.max_time_skew, int(times.max() - times.min()))
-            # a snapshot taken now (in on_report or after the end) must know
-            # that this vCPU has yet to sleep off a halted turn
-            self._pending_idle = v if halted else -1
+            self._observe(v, report, t0, last_start, t1)
+            # a snapshot taken now (in on_report or after the end) sees the
+            # parking and wake-ups this report caused
             stop = self.on_report(report) if self.on_report is not None else False
+            sched = self.schedule
             if stop or report.exited or (self.max_insns is not None
                                          and sched.total >= self.max_insns):
                 self._finished = True
                 self._done.succeed()
                 return
-            ticks += self._idle(v, halted)
-            yield _Wake(env, ticks, v)
+            if not self.parked[v]:
+                yield _Wake(env, int(scal[v, core.T_TIME]) - env.now, v)
 
-    def _next_report(self, v: int) -> Report:
-        """The next turn of vCPU ``v``, or a batch of turns when it is the only one."""
+    def _sleep(self, env: simpy.Environment, v: int) -> Generator:
+        """Sleep while parked; return at the wake-up, idle time counted."""
+        scal = self.model.K.scal
+        while True:
+            target = self._target(v)
+            self._sleep_target[v] = target
+            if target is None:
+                ev: simpy.Event = self._never
+            else:
+                ev = _Wake(env, max(target, int(scal[v, core.T_TIME]), env.now) - env.now, v)
+            try:
+                yield ev
+                break
+            except simpy.Interrupt:
+                continue            # a new target: sleep again
+        now = int(env.now)
+        idle = now - int(scal[v, core.T_TIME])
+        if idle > 0:
+            scal[v, core.T_IDLE] += idle
+            scal[v, core.T_TIME] = now
+        self.parked[v] = False
+        self.wake_at[v] = -1
+        self._sleep_target[v] = None
+
+    def _target(self, v: int) -> int | None:
+        """When parked vCPU ``v`` wakes: woken by a turn, or stepped at the next deadline.
+
+        The deadline is stepped by one parked vCPU only, the first that can
+        be there (the earliest local time, then the lowest id): its turn
+        start fires the timer, and the turn's masks tell whom it woke.
+        """
+        t = self.wake_at[v] if self.wake_at[v] >= 0 else None
+        if self.deadline_ns >= 0:
+            alarm = self.clock.ticks(self.deadline_ns)
+            scal = self.model.K.scal
+            owner = min((max(alarm, int(scal[u, core.T_TIME])), u)
+                        for u in range(self.model.ncores) if self.parked[u])[1]
+            if v == owner:
+                t = alarm if t is None else min(t, alarm)
+        return t
+
+    def _next_other(self, v: int) -> int | None:
+        """The earliest simulated time at which another vCPU runs, as far as is known."""
+        scal = self.model.K.scal
+        best: int | None = None
+        for u in range(self.model.ncores):
+            if u == v:
+                continue
+            if self.parked[u]:
+                t = self._target(u)
+                if t is None:
+                    continue
+                t = max(t, int(scal[u, core.T_TIME]))
+            else:
+                t = int(scal[u, core.T_TIME])
+            best = t if best is None else min(best, t)
+        return best
+
+    def _command(self, v: int, t0: int) -> Report:
+        """The next turn of vCPU ``v`` (or a batch when it is the only one that runs)."""
         sched = self.schedule
+        q = self.quantum
         remaining = None if self.max_insns is None else self.max_insns - sched.total
-        batch = self.bridge.config.rr_batch_turns()
-        if self.model.ncores == 1 and (remaining is None or remaining >= batch * self.quantum):
-            report = self.bridge.rr(batch)
-            sched.account(report)
-            return report
-        n = self.quantum if remaining is None or self.whole_turns else min(self.quantum, remaining)
-        return quantum.step(self.bridge, sched, v, n)
+        n = q if remaining is None or self.whole_turns else min(q, remaining)
+        others = self._next_other(v)
+        ticks, insns = self.pred[v]
+        turns = 1
+        if n == q:
+            # as many turns as are predicted to end before any other vCPU runs
+            per_turn = max(1, ticks * q // insns)
+            turns = min(self.max_batch, max(1, self._span_ticks // per_turn))
+            if remaining is not None and not self.whole_turns:
+                turns = min(turns, max(1, remaining // q))
+            if others is not None:
+                turns = min(turns, max(1, (others - t0) // per_turn))
+        # the clock: simulated time now, at the predicted rate (ending where the
+        # prediction ends, which absorbs the last error), up to the next other turn
+        start_ns = max(self.clock.ns(t0), self.last_vclock)
+        rate = rate_between(start_ns, self.clock.ns(t0 + ticks * n * turns // insns), n * turns)
+        cap = -1 if others is None else self.clock.ns(others)
+        parked = sum(1 << u for u in range(self.model.ncores) if self.parked[u] and u < 64)
+        self._cap_ns, self._turns = cap, turns
+        return quantum.step(self.bridge, sched, v, n, turns=turns, parked=parked,
+                            clock=self.clock.ns(t0), rate=rate, cap=cap)
 
-    def _idle(self, v: int, halted: bool) -> int:
-        """Idle ticks after a halted turn (local time passes, counted as idle); 0 otherwise."""
-        if not halted:
-            return 0
-        self.model.K.scal[v, core.T_IDLE] += self.idle_ticks
-        self.model.K.scal[v, core.T_TIME] += self.idle_ticks
-        return self.idle_ticks
+    def _feed(self, vcpu: int, records: np.ndarray | None, executed: int) -> int:
+        """Run the core model over one turn's records; returns its ticks."""
+        if records is None:
+            records = _NO_RECORDS
+        return core.run_turn(self.model.K, self.model.H, vcpu, records, executed)
+
+    def _feed_report(self, v: int, report: Report) -> int:
+        """Feed every turn of the report; returns when its last turn started (ticks)."""
+        scal = self.model.K.scal
+        turns: list[Turn] = report.turn_list
+        start = int(scal[v, core.T_TIME])
+        if len(turns) == 1:
+            self._feed(turns[0].vcpu, turns[0].records, turns[0].executed)
+        elif turns:
+            # a batch is one vCPU's turns: one kernel call for all of them
+            parts = [_NO_BYTES if t.records is None else t.records.view(np.uint8) for t in turns]
+            bounds = np.zeros(len(turns) + 1, dtype=np.int64)
+            np.cumsum([len(p) for p in parts], out=bounds[1:])
+            bounds //= RECORD_DTYPE.itemsize
+            ticks = np.zeros(len(turns), dtype=np.int64)
+            recs = np.concatenate(parts).view(RECORD_DTYPE)
+            core.run_turns(self.model.K, self.model.H, v, recs, bounds,
+                           np.array([t.executed for t in turns], dtype=np.int64), ticks)
+            start = int(scal[v, core.T_TIME]) - int(ticks[-1])
+        if report.exited and report.partial_vcpu >= 0:
+            start = int(scal[v, core.T_TIME])
+            self._feed(report.partial_vcpu, report.partial_records, report.partial_insns)
+        return start
+
+    # -- what a report tells ------------------------------------------------
+
+    def _observe(self, v: int, report: Report, t0: int, last_start: int, t1: int) -> None:
+        """Rates, clock error, parking and wake-ups after vCPU ``v``'s command."""
+        executed = report.insns[v] + (report.partial_insns if report.partial_vcpu == v else 0)
+        if executed > 0 and t1 > t0:
+            self.pred[v] = [t1 - t0, executed]
+        if report.vclock >= 0:
+            self.last_vclock = report.vclock
+            ideal = self.clock.ns(t1)
+            if self._cap_ns >= 0:
+                ideal = min(ideal, self._cap_ns)
+            err = report.vclock - ideal
+            self.max_lead_ns = max(self.max_lead_ns, err)
+            self.max_lag_ns = max(self.max_lag_ns, self.clock.ns(t1) - report.vclock)
+            if self._turns > 1:
+                self.max_batch_drift_ns = max(self.max_batch_drift_ns, abs(err))
+        if report.exited:
+            return
+        n = self.model.ncores
+        for u in range(n):
+            if u == v or not self.parked[u] or u >= 64:
+                continue
+            if not (report.start_idle_mask >> u) & 1:
+                self._wake(u, last_start)      # a timer due at the turn's start
+            elif not (report.idle_mask >> u) & 1:
+                self._wake(u, t1)              # an interrupt during the turn
+        if v < 64 and (report.idle_mask >> v) & 1:
+            self.parked[v] = True
+            self.wake_at[v] = -1
+        self.deadline_ns = report.deadline
+        last = report.turn_list[-1] if report.turn_list else None
+        if not self.parked[v] and last is not None and not last.halted \
+                and last.executed < last.budget:
+            self._spin_wait(v, t1)
+        self._retarget()
+
+    def _spin_wait(self, v: int, t1: int) -> None:
+        """A turn that ended at a spin-wait hint (x86 PAUSE) waits for another vCPU.
+
+        What a spinning vCPU waits for (a lock, an IPI's answer) mostly
+        comes from another vCPU's turn, so while another vCPU is runnable
+        it sleeps until just after that one's next turn starts instead of
+        spinning one short turn per round trip; the wait counts as idle
+        time. With every other vCPU parked it spins on (a delay loop that
+        reads the clock, for instance), in batches.
+        """
+        scal = self.model.K.scal
+        others = min((int(scal[u, core.T_TIME]) if not self.parked[u] else self.wake_at[u]
+                      for u in range(self.model.ncores)
+                      if u != v and (not self.parked[u] or self.wake_at[u] >= 0)), default=None)
+        if others is not None and others >= t1:
+            wait = others + 1 - t1
+            scal[v, core.T_IDLE] += wait
+            scal[v, core.T_TIME] += wait
+
+    def _wake(self, u: int, t: int) -> None:
+        if self.wake_at[u] < 0 or t < self.wake_at[u]:
+            self.wake_at[u] = t
+
+    def _retarget(self) -> None:
+        """Interrupt sleeping vCPUs whose wake-up time changed."""
+        for u, proc in enumerate(self._procs):
+            if self.parked[u] and proc.is_alive and proc.target is not None \
+                    and self._target(u) != self._sleep_target[u] \
+                    and proc is not self._env.active_process:
+                proc.interrupt()
 
     @property
     def cycles(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from elftools.elf.elffile import ELFFile
@@ -10,6 +11,9 @@ from elftools.elf.elffile import ELFFile
 from . import caches, core, memory
 from .memory import TICKS_PER_CYCLE as T
 from .state import Model
+
+if TYPE_CHECKING:
+    from .engine import TimingRun
 
 HOT_PAGES = 10
 
@@ -124,24 +128,32 @@ def _roi(m: Model) -> dict | None:
 
 
 def document(m: Model, cycles: int, preset: str | None, config_path: str | None,
-             time_base: int = 0) -> dict:
+             time_base: int = 0, parked: list[bool] | None = None) -> dict:
     """Every counter of the model, as the JSON document of ``cosim run --timing``.
 
     ``time_base``: ticks at the end of a warm-up, which per-core cycles leave out.
+    ``parked``: cores asleep at the end (halted, waiting for an interrupt);
+    they are idle up to the latest core's time, which their own local time
+    (where they fell asleep) does not show yet.
     """
     sc = m.K.scal
     insns = sc[:, core.T_INSNS]
+    end = int(sc[:, core.T_TIME].max())
     cores = []
     for c in range(m.ncores):
         n = int(insns[c])
         busy = int(sc[c, core.T_BUSY]) // T
         stack = {name: round(int(m.K.cpi[c, i]) / T / n, 6) if n else 0.0
                  for i, name in enumerate(core.CAT_NAMES)}
+        local, idle = int(sc[c, core.T_TIME]), int(sc[c, core.T_IDLE])
+        if parked is not None and parked[c]:
+            idle += end - local
+            local = end
         cores.append({
             "core": c,
-            "cycles": (int(sc[c, core.T_TIME]) - time_base) // T,
+            "cycles": (local - time_base) // T,
             "busy_cycles": busy,
-            "idle_cycles": int(sc[c, core.T_IDLE]) // T,
+            "idle_cycles": idle // T,
             "instructions": n,
             "ipc": round(n / busy, 6) if busy else 0.0,
             "cpi_stack": stack,
@@ -161,10 +173,42 @@ def document(m: Model, cycles: int, preset: str | None, config_path: str | None,
     }
 
 
+def clock_report(engine: "TimingRun", time_base: int = 0) -> dict:
+    """The guest's clock against simulated time at the end of a run.
+
+    The guest clock is QEMU's virtual clock (what the guest's TSC, timers
+    and ``clock_gettime`` read); ``sim_*`` is the model's time of the
+    latest core. They agree within one turn of the running vCPU; where
+    turns were batched the clock ran at the predicted rate, and
+    ``max_batch_drift_ns`` is its largest miss at a batch end.
+    """
+    clock = engine.clock
+    sim_end = clock.ns(int(engine.model.K.scal[:, core.T_TIME].max()))
+    start = clock.ns(time_base)
+    return {
+        "guest_clock_ns": engine.last_vclock,
+        "guest_clock_start_ns": start,
+        "guest_elapsed_s": (engine.last_vclock - start) / 1e9,
+        "sim_end_ns": sim_end,
+        "sim_elapsed_s": (sim_end - start) / 1e9,
+        "lag_at_end_ns": sim_end - engine.last_vclock,
+        "max_lead_ns": engine.max_lead_ns,
+        "max_lag_ns": engine.max_lag_ns,
+        "max_batch_drift_ns": engine.max_batch_drift_ns,
+        "stalled": engine.stalled,
+    }
+
+
 def table(doc: dict) -> str:
     """The human summary printed after a timing run."""
     lines = [f"simulated: {doc['cycles']:,} cycles ({doc['seconds'] * 1e3:.3f} ms), "
              f"preset {doc['config']['preset'] or '(default)'}"]
+    if "clock" in doc:
+        c = doc["clock"]
+        lines.append(f"guest clock: {c['guest_clock_ns'] / 1e9:.6f} s at the end, "
+                     f"{c['guest_elapsed_s'] * 1e3:.3f} ms in this run "
+                     f"(simulated {c['sim_elapsed_s'] * 1e3:.3f} ms; "
+                     f"{c['lag_at_end_ns']:,} ns behind at the end)")
     cats = list(doc["cores"][0]["cpi_stack"]) if doc["cores"] else []
     lines.append(f"{'core':>4} {'cycles':>14} {'insns':>12} {'IPC':>6}  CPI stack: "
                  + " ".join(f"{c:>6}" for c in cats))
