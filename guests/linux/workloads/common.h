@@ -7,7 +7,10 @@
  *   RESULT <name> key=value ...  after the measured loop (work count + checksum)
  * so a host watching the console can attribute cost to the loop alone.
  *
- * Determinism: fixed seeds, no clock or pid is read, no address is printed.
+ * Determinism: fixed seeds, no pid is read, no address is printed. Timed
+ * loops read CLOCK_MONOTONIC (now_ns()): under cosim the guest's clock is
+ * deterministic too (instruction time in fast mode, simulated time under
+ * --timing), so the figures repeat run for run.
  */
 #ifndef COSIM_WORKLOAD_COMMON_H
 #define COSIM_WORKLOAD_COMMON_H
@@ -18,9 +21,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *prog = "workload";
+
+/* The guest's own clock, ns (CLOCK_MONOTONIC). */
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 /* One-line error naming the bad value and what is accepted; exit 2. */
 #define bad_arg(...)                                                                \

@@ -9,6 +9,7 @@
 
 uint32_t rt_nharts;
 uint64_t rt_ram_base, rt_ram_size;
+uint64_t rt_timebase_hz = 10000000;    /* QEMU virt's; the FDT's /cpus says */
 static volatile uint64_t heap_next;
 static uint64_t heap_end;
 
@@ -87,6 +88,25 @@ void result_dec(const char *key, uint64_t v)
     put_str(key);
     put_char('=');
     put_dec(v);
+}
+
+void result_milli(const char *key, uint64_t v)
+{
+    put_char(' ');
+    put_str(key);
+    put_char('=');
+    put_dec(v / 1000);
+    put_char('.');
+    put_char((char)('0' + v / 100 % 10));
+    put_char((char)('0' + v / 10 % 10));
+    put_char((char)('0' + v % 10));
+}
+
+uint64_t rt_time_ns(void)
+{
+    uint64_t t;
+    __asm__ volatile("rdtime %0" : "=r"(t));
+    return t / rt_timebase_hz * 1000000000ull + t % rt_timebase_hz * 1000000000ull / rt_timebase_hz;
 }
 
 void result_hex(const char *key, uint64_t v)
@@ -314,7 +334,10 @@ static void fdt_scan(const uint8_t *fdt)
             const uint8_t *val = p + 8;
             const char *pname = strs + nameoff;
             p += 8 + ((len + 3) & ~3u);
-            if (depth == 1 && str_eq(pname, "#address-cells"))
+            if (depth == 2 && in_cpus && str_eq(pname, "timebase-frequency") && len == 4 &&
+                be32(val) != 0)
+                rt_timebase_hz = be32(val);
+            else if (depth == 1 && str_eq(pname, "#address-cells"))
                 acells = be32(val);
             else if (depth == 1 && str_eq(pname, "#size-cells"))
                 scells = be32(val);

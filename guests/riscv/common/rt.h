@@ -23,6 +23,7 @@
 /* filled by hart 0 before the other harts are released */
 extern uint32_t rt_nharts;       /* number of cpu@N nodes under /cpus */
 extern uint64_t rt_ram_base, rt_ram_size;
+extern uint64_t rt_timebase_hz;  /* of the time CSR, from the FDT */
 
 int main(int hartid, int nharts);
 
@@ -49,7 +50,13 @@ void print_line(const char *s);
 void result_begin(const char *name, int nharts, uint64_t checksum);
 void result_dec(const char *key, uint64_t v);
 void result_hex(const char *key, uint64_t v);
+void result_milli(const char *key, uint64_t v);   /* v / 1000 with 3 decimals */
 void result_end(void);
+
+/* ---- time ------------------------------------------------------------ */
+/* The guest's own clock (rdtime), in ns. Under --timing it is simulated
+ * time; otherwise it follows instructions (icount). */
+uint64_t rt_time_ns(void);
 
 /* ---- exit (sifive_test @ 0x100000) ----------------------------------- */
 NORETURN void exit_ok(void);

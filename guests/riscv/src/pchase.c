@@ -11,6 +11,9 @@
  * checksum = mix over chasing harts (in hart order) of the final node index
  * and of the sum of the node offsets visited at every 8th load.  It depends
  * only on WS, ITERS and the number of chasers, not on timing.
+ * Hart 0 also times its chase with the guest's clock (rdtime) and prints
+ * loop_ns= and ns_per_load=: under --timing that is simulated time, so it
+ * shows the modelled load latency.
  *
  * Parameters (file name keys): ws<bytes> (default 1 MiB), it<loads per
  * chaser> (default 1000000), solo<0|1>.
@@ -43,6 +46,7 @@ _Static_assert(sizeof(struct node) == CACHE_LINE, "node size");
 
 static struct node *rings[RT_MAX_HARTS];
 static uint64_t final_idx[RT_MAX_HARTS], path_sum[RT_MAX_HARTS];
+static uint64_t loop_ns;
 
 static void build_ring(struct node *n, uint64_t seed)
 {
@@ -93,8 +97,12 @@ int main(int hart, int nharts)
     struct node *ring = rings[hart];
     build_ring(ring, hart_seed(hart, 0x7063686173650000ull));
     roi_begin();
+    uint64_t t0 = rt_time_ns();
     struct node *p = chase(ring, ITERS, &path_sum[hart]);
+    uint64_t t1 = rt_time_ns();
     roi_end();
+    if (hart == 0)
+        loop_ns = t1 - t0;
     final_idx[hart] = (uint64_t)(p - ring);
 
     if (chasers > 1)
@@ -109,6 +117,8 @@ int main(int hart, int nharts)
     result_dec("ws", WS);
     result_dec("loads", ITERS);
     result_dec("chasers", (uint64_t)chasers);
+    result_dec("loop_ns", loop_ns);
+    result_milli("ns_per_load", ITERS ? loop_ns * 1000 / ITERS : 0);
     result_end();
     return 0;
 }
