@@ -57,6 +57,33 @@ def qemu_pids() -> set[int]:
     return {int(p) for p in out.stdout.split()}
 
 
+#: a Linux boot to COSIM-READY takes 20-40 s here; workloads under --timing a few each
+LINUX_TIMEOUT = 900
+
+
+def linux_boot(root: Path, name: str, *extra: str) -> str:
+    """``cosim boot --save NAME`` into ``root``; returns what it printed."""
+    proc = cosim("boot", "--save", name, "--snapshot-dir", str(root), *extra,
+                 timeout=LINUX_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def linux_plain(tmp_path_factory) -> tuple[Path, str]:
+    """One plain two-node Linux boot (``boot_done``) shared by every test module."""
+    root = tmp_path_factory.mktemp("linux-snapshots")
+    return root, linux_boot(root, "boot_done")
+
+
+def linux_run(root: Path, name: str, *args: str) -> dict:
+    """``cosim run --snapshot NAME --json ...``: the summary."""
+    proc = cosim("run", "--snapshot", name, "--snapshot-dir", str(root), "--json", *args,
+                 timeout=LINUX_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
 @pytest.fixture
 def other_core_busy():
     """A process that keeps the second core busy for the test's duration."""

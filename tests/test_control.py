@@ -106,8 +106,12 @@ def test_cli_clients_and_progress_stream(paused_run) -> None:
     sim = ("--sim", info["id"])
     status = cosim("status", *sim, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "PAUSED"
+    # watch from before the resume: the run may end before a later call connects
+    stream = stub.WatchProgress(pb.WatchProgressRequest(interval_seconds=0.05))
+    first = next(stream)
+    assert first.state == pb.Status.PAUSED
     assert cosim("resume", *sim).returncode == 0
-    watched = list(stub.WatchProgress(pb.WatchProgressRequest(interval_seconds=0.05)))
+    watched = [first, *stream]
     assert watched[-1].state == pb.Status.FINISHED
     totals = [s.total_insns for s in watched]
     assert totals == sorted(totals) and totals[-1] > 0

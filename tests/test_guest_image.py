@@ -69,7 +69,7 @@ def test_image_has_kernel_initrd_manifest(image):
     assert m["kernel"] == guest_image.KERNEL_VERSION
     assert m["packages"]["busybox-static"] == dict(guest_image.PINNED_PACKAGES)["busybox-static"]
     assert m["inputs_hash"][:12] in image.root.name
-    assert image.workloads == ["gups", "hotcold", "pchase", "stream", "threads"]
+    assert image.workloads == ["gups", "hotcold", "nap", "pchase", "stream", "threads"]
     listing = _initrd_listing(image.initrd)
     for f in ("init", "bin/busybox", "sbin/cosim-cmd", "usr/bin/numactl",
               "lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu/libnuma.so.1",
@@ -79,10 +79,8 @@ def test_image_has_kernel_initrd_manifest(image):
     assert m["initrd_sha256"] == _sha(image.initrd)
 
 
-def test_second_call_is_cached_and_fast(image):
-    t = time.monotonic()
+def test_second_call_is_cached(image):
     again = guest_image.build_image(log=lambda m: None)
-    assert time.monotonic() - t < 1.0
     assert again.root == image.root and again.manifest["created"] == image.manifest["created"]
 
 

@@ -11,7 +11,6 @@ errors that leave an existing snapshot untouched.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -20,36 +19,20 @@ import pytest
 from cosim import snapshot as snap
 from cosim.timing import config as timing_config
 
-from conftest import cosim
+from conftest import cosim, linux_boot, linux_run
 
 GUPS_ARGS = "-s 16M -n 20000"
-BOOT_TIMEOUT = 900
-
-
-def boot(root: Path, name: str, *extra: str) -> str:
-    proc = cosim("boot", "--save", name, "--snapshot-dir", str(root), *extra,
-                 timeout=BOOT_TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("linux-snapshots")
-    return root, boot(root, "boot_done")
+def plain(linux_plain) -> tuple[Path, str]:
+    return linux_plain
 
 
 @pytest.fixture(scope="module")
 def with_cxl(tmp_path_factory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("linux-cxl-snapshots")
-    return root, boot(root, "boot_cxl", "--cxl")
-
-
-def run_json(root: Path, name: str, *args: str) -> dict:
-    proc = cosim("run", "--snapshot", name, "--snapshot-dir", str(root), "--json", *args,
-                 timeout=BOOT_TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
+    return root, linux_boot(root, "boot_cxl", "--cxl")
 
 
 def tiers(report: str) -> dict[int, int]:
@@ -78,10 +61,10 @@ def test_boot_shows_both_nodes_and_a_lower_tier(plain):
 
 def test_gups_on_cxl_node_is_slower_and_repeatable(plain):
     root, _ = plain
-    runs = {node: run_json(root, "boot_done", "--timing", "--workload", "gups",
+    runs = {node: linux_run(root, "boot_done", "--timing", "--workload", "gups",
                            "--args", GUPS_ARGS, "--numa", f"membind={node}")
             for node in (0, 1)}
-    again = run_json(root, "boot_done", "--timing", "--workload", "gups", "--args", GUPS_ARGS,
+    again = linux_run(root, "boot_done", "--timing", "--workload", "gups", "--args", GUPS_ARGS,
                      "--numa", "membind=1")
     assert again["cycles"] == runs[1]["cycles"] and again["digest"] == runs[1]["digest"]
     for node, r in runs.items():
@@ -104,7 +87,7 @@ def test_gups_on_cxl_node_is_slower_and_repeatable(plain):
 def test_cxl_type3_region_end_to_end(with_cxl):
     root, out = with_cxl
     assert re.search(r"^COSIM-CXL node=2 ", out, re.M), out
-    r = run_json(root, "boot_cxl", "--timing", "--workload", "gups", "--args", GUPS_ARGS,
+    r = linux_run(root, "boot_cxl", "--timing", "--workload", "gups", "--args", GUPS_ARGS,
                  "--numa", "membind=2")
     assert r["workload_exit_code"] == 0
     assert r["timing"]["memory"]["cxl"]["reads"] > 10 * max(1, r["timing"]["memory"]["dram"]["reads"] // 100)
