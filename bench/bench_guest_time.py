@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/bench_guest_time.py [--boot] [--repeat N]
 
+0. Fidelity: a pointer chase over 32 MiB timed by the guest itself
+   (riscv ``rdtime``, Linux ``clock_gettime``), against the model's own
+   figure for that loop (riscv: ROI cycles / loads; Linux: the cycles 100k
+   more steps cost), DRAM and CXL.
 1. Linux (2 vCPUs: one runs the workload, one idles) from a fresh
    ``boot_done``: guest MIPS in trace mode (the functional path alone) and
    under ``--timing`` (the guest's clock follows the model, the idle vCPU
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,6 +53,38 @@ def mips(s: dict) -> float:
     return s["session_insns"] / s["wall_seconds"] / 1e6
 
 
+def figure(s: dict, key: str) -> float:
+    """``key=X`` from the guest's last RESULT line that has it."""
+    for line in reversed(s["guest_results"]):
+        m = re.search(rf"\b{key}=([\d.]+)", line)
+        if m:
+            return float(m.group(1))
+    sys.exit(f"no {key}= in {s['guest_results']}")
+
+
+def fidelity(d: tuple[str, ...]) -> None:
+    """The guest's own latency measurement next to the model's."""
+    ghz = timing_config.load().core.frequency_ghz
+    print("pointer chase over 32 MiB: ns per load as the guest's clock measures it, "
+          "and as the model charged it")
+    print(f"{'guest':<34} {'guest ns':>9} {'model ns':>9} {'error':>7}")
+    rows = []
+    for preset in ("dram-only", "cxl-direct"):
+        s = cosim("run", "--kernel", "pchase-ws33554432-it100000", "--smp", "1", "--memory",
+                  "256M", "--timing", "--preset", preset)
+        model = s["timing"]["roi"]["cycles"] / figure(s, "loads") / ghz
+        rows.append((f"riscv bare metal, {preset}", figure(s, "ns_per_load"), model))
+    for node, what in ((0, "DRAM"), (1, "CXL")):
+        runs = [cosim("run", "--snapshot", "boot_done", *d, "--workload", "pchase", "--args",
+                      f"-s 32M -n {n}", "--numa", f"membind={node}", "--timing")
+                for n in (100_000, 200_000)]
+        model = (runs[1]["cycles"] - runs[0]["cycles"]) / 100_000 / ghz
+        rows.append((f"x86 Linux, node {node} ({what})", figure(runs[1], "ns_per_load"), model))
+    for name, guest, model in rows:
+        print(f"{name:<34} {guest:>9.2f} {model:>9.2f} {(guest - model) / model:>+7.1%}")
+    print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the fastest counts")
@@ -56,6 +93,7 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="cosim-bench-time-"))
     d = ("--snapshot-dir", str(root))
     cosim("boot", "--save", "boot_done", *d, summary=False)
+    fidelity(d)
 
     print("Linux, 2 vCPUs (one busy, one idle), from boot_done; best of", args.repeat)
     print(f"{'workload':<30} {'Minsns':>7} {'trace MIPS':>11} {'timing MIPS':>12} {'ratio':>6} "

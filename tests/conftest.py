@@ -6,11 +6,13 @@ the session with the command that fixes it rather than skipping silently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -84,10 +86,19 @@ def linux_run(root: Path, name: str, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
+@contextlib.contextmanager
+def busy_other_core() -> Iterator[None]:
+    """A process that keeps the second core busy while the block runs."""
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 @pytest.fixture
 def other_core_busy():
-    """A process that keeps the second core busy for the test's duration."""
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    yield
-    hog.kill()
-    hog.wait()
+    """The second core busy for the test's duration."""
+    with busy_other_core():
+        yield

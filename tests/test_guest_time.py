@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cosim_json, linux_run
+from conftest import busy_other_core, cosim_json, linux_run
 from cosim.timing import config as timing_config
 
 GHZ = timing_config.load(None, None).core.frequency_ghz
@@ -55,16 +55,36 @@ def test_riscv_guest_clock_measures_the_modelled_latency() -> None:
     assert again["timing"] == first["timing"]
 
 
-def test_riscv_timing_document_identical_five_runs(other_core_busy: None) -> None:
+def five_runs(run) -> dict:
+    """Two runs on a quiet machine, three with the other host core busy: all identical."""
+    first = run()
+    again = [run()]
+    with busy_other_core():
+        again += [run() for _ in range(3)]
+    for r in again:
+        assert r["timing"] == first["timing"] and r["digest"] == first["digest"]
+        assert r["guest_results"] == first["guest_results"]
+    return first
+
+
+def test_riscv_timing_document_identical_five_runs() -> None:
     """4 harts that halt and wake each other (rt_yield: WFI on a self-IPI) and park at exit."""
     args = ("--kernel", "spinlock-n4000", "--smp", "4", "--timing")
-    first = cosim_json(*args)
+    first = five_runs(lambda: cosim_json(*args))
     assert first["guest_results"], "guest printed no RESULT line"
     assert sum(v["halted_turns"] for v in first["vcpus"]) > 0
-    for _ in range(4):
-        again = cosim_json(*args)
-        assert again["timing"] == first["timing"]
-        assert again["digest"] == first["digest"]
+
+
+def test_restored_fast_snapshot_continues_from_its_clock(tmp_path: Path) -> None:
+    """Simulated time starts where the fast-mode (icount: 1 ns per instruction) clock was."""
+    d = ("--snapshot-dir", str(tmp_path))
+    saved = cosim_json("--kernel", "gups-ws1m-n20000", "--smp", "1", "--max-insns", "300000",
+                       "--save", "fast", *d)
+    out = cosim_json("--snapshot", "fast", "--timing", *d)
+    clock = out["timing"]["clock"]
+    assert clock["guest_clock_start_ns"] == saved["total_insns"]
+    assert clock["guest_clock_ns"] > clock["guest_clock_start_ns"]
+    assert abs(clock["guest_elapsed_s"] - out["timing"]["seconds"]) < 1e-4, clock
 
 
 # -- x86 Linux (clock_gettime) ---------------------------------------------------
@@ -114,14 +134,10 @@ def test_linux_sleep_takes_simulated_seconds(linux_plain) -> None:
 THREADS = ("--workload", "threads", "--args", "-t 2 -s 1M -n 5000", "--timing")
 
 
-def test_linux_two_vcpus_identical_five_runs(linux_plain, other_core_busy: None) -> None:
+def test_linux_two_vcpus_identical_five_runs(linux_plain) -> None:
     root, _ = linux_plain
-    first = linux_run(root, "boot_done", *THREADS)
+    first = five_runs(lambda: linux_run(root, "boot_done", *THREADS))
     assert first["workload_exit_code"] == 0
-    for _ in range(4):
-        again = linux_run(root, "boot_done", *THREADS)
-        assert again["timing"] == first["timing"] and again["digest"] == first["digest"]
-        assert again["guest_results"] == first["guest_results"]
 
 
 def test_linux_save_and_restore_mid_workload_continues_exactly(linux_plain) -> None:
