@@ -127,10 +127,10 @@ def main() -> int:
             cosim("boot", "--save", f"boot_{mode}", *d, *extra, summary=False)
             wall = time.perf_counter() - t0
             m = snap.Store(root).load(f"boot_{mode}").manifest
-            sim = m["cycles"] / (timing_config.load().core.frequency_ghz * 1e9) \
-                if m["cycles"] else 0.0
+            sim = f"{m['cycles'] / (timing_config.load().core.frequency_ghz * 1e9):.3f}" \
+                if m["cycles"] else "-"
             print(f"{mode:<8} {wall:>8.1f} {m['total_insns']:>14,} "
-                  f"{m['total_insns'] / wall / 1e6:>6.2f} {sim:>8.3f}", flush=True)
+                  f"{m['total_insns'] / wall / 1e6:>6.2f} {sim:>8}", flush=True)
     return 0
 
 

@@ -310,8 +310,10 @@ class Bridge:
              clock: int | None = None, rate: int = 0, cap: int = -1) -> Report:
         """Run vCPU ``vcpu`` for ``n`` instructions (others skip their turns).
 
-        ``turns`` > 1: that many turns of ``n`` in a row, ending early when
-        the vCPU halts or a vCPU in the ``parked`` mask has work again.
+        ``turns`` > 1: turns of ``n`` in a row until the vCPU has run
+        ``turns * n`` instructions (turns ended early at a spin-wait hint
+        do not use up a turn's worth), ending early when the vCPU halts or
+        a vCPU in the ``parked`` mask has work again.
         ``clock`` (clock=model): set the guest's virtual clock to ``clock``
         ns as the turn starts, advancing ``rate`` ns per instruction (16.16
         fixed point) up to ``cap`` ns (-1: none).

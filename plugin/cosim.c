@@ -19,9 +19,13 @@
  * exits. The bridge answers "ready"/"report" with a command:
  *   {"c": "rr", "turns": K}     K turns round-robin with the quantum budget
  *   {"c": "step", "vcpu": v, "n": n}  skip to vCPU v, run it for n insns
- *       optional: "turns": K   K turns of v in a row (others skipped); the
- *                              report comes early when v halts or a vCPU
- *                              in "parked" is no longer idle
+ *       optional: "turns": K   turns of v in a row (others skipped) until
+ *                              v has run K * n instructions (a turn that
+ *                              ends early at a spin-wait hint does not
+ *                              use up a turn's worth; with K > 1, PAUSE
+ *                              does not end turns); the report comes
+ *                              early when v halts or a vCPU in "parked"
+ *                              is no longer idle
  *                 "parked": M  bit mask of vCPUs the bridge keeps asleep
  *                 "clock": ns, "rate": r, "cap": ns (clock=model only)
  *                              set the virtual clock as v's first turn
@@ -137,7 +141,7 @@ static struct {
     uint64_t rr_left;
     unsigned int step_vcpu;
     uint64_t step_n;
-    uint64_t step_turns;        /* turns of step_vcpu left in the command */
+    uint64_t step_left;         /* instructions of step_vcpu left in the command */
     uint64_t parked;            /* vCPUs the bridge keeps asleep */
 
     bool model_clock;           /* clock=model */
@@ -511,15 +515,20 @@ static bool read_command(void)
         if (S.rr_left == 0) {
             die("rr needs turns > 0");
         }
+        qemu_plugin_set_spin_yield(true);
     } else if (strcmp(name, "step") == 0) {
         S.cmd = CMD_STEP;
         S.step_vcpu = map_u64(&msg.data, "vcpu");
         S.step_n = map_u64(&msg.data, "n");
-        S.step_turns = map_u64_or(&msg.data, "turns", 1);
+        S.step_left = map_u64_or(&msg.data, "turns", 1);
         S.parked = map_u64_or(&msg.data, "parked", 0);
-        if (S.step_vcpu >= S.nvcpus || S.step_n == 0 || S.step_turns == 0) {
+        if (S.step_vcpu >= S.nvcpus || S.step_n == 0 || S.step_left == 0 ||
+            S.step_left > UINT64_MAX / S.step_n) {
             die("step needs vcpu < %u, n > 0 and turns > 0", S.nvcpus);
         }
+        /* a batch of one vCPU's turns has nobody to yield to */
+        qemu_plugin_set_spin_yield(S.step_left == 1);
+        S.step_left *= S.step_n;
         S.clock_pending = map_get(&msg.data, "clock") != NULL;
         if (S.clock_pending) {
             uint64_t rate = map_u64_or(&msg.data, "rate", 0);
@@ -621,7 +630,8 @@ static void vcpu_turn_end(qemu_plugin_id_t id, unsigned int vcpu,
          * or from a timer the clock made due) ends the command: the
          * bridge must schedule it.
          */
-        report = --S.step_turns == 0 || info->halted ||
+        S.step_left -= MIN(S.step_left, info->executed);
+        report = S.step_left == 0 || info->halted ||
                  (S.parked & ~info->idle_mask) != 0 ||
                  (S.model_clock && (S.parked & ~info->start_idle_mask) != 0);
         break;
