@@ -61,6 +61,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <glib.h>
@@ -183,13 +184,31 @@ static void write_all(const void *buf, size_t len)
     }
 }
 
+/*
+ * Spin this long for the bridge's answer before blocking: it usually comes
+ * within tens of microseconds, and waking a blocked thread costs about as
+ * much again on a virtual machine (measured: ~90 us per round trip).
+ */
+#define SPIN_NS 200000
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 static void read_all(void *buf, size_t len)
 {
     char *p = buf;
+    int64_t spin_until = now_ns() + SPIN_NS;
 
     while (len) {
-        ssize_t n = recv(S.fd, p, len, 0);
-        if (n < 0 && errno == EINTR) {
+        bool spin = now_ns() < spin_until;
+        ssize_t n = recv(S.fd, p, len, spin ? MSG_DONTWAIT : 0);
+        if (n < 0 && (errno == EINTR || (spin && (errno == EAGAIN ||
+                                                  errno == EWOULDBLOCK)))) {
             continue;
         }
         if (n <= 0) {
