@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from cosim import snapshot as snap  # noqa: E402
 from cosim.timing import config as timing_config  # noqa: E402
 
-WORKLOADS = (("gups", "-s 16M -n 200000"), ("stream", "-s 8M -n 2"), ("pchase", "-s 16M -n 200000"))
+WORKLOADS = (("gups", "-s 16M -n 2M"), ("stream", "-s 16M -n 4"), ("pchase", "-s 16M -n 2M"))
 
 
 def cosim(*args: str, summary: bool = True) -> dict:
