@@ -79,7 +79,7 @@ def instructions(kernel: str, smp: int, q: int) -> int:
 def profile(kernel: str, q: int, smp: int) -> None:
     """Where the wall time of one detailed run goes."""
     spent = {"bridge": 0.0, "kernels": 0.0}
-    real_feed = engine.TimingRun._feed
+    real_feed = engine.TimingRun._feed_report
 
     def clocked(fn, key):
         def wrapper(*a, **k):
@@ -93,17 +93,18 @@ def profile(kernel: str, q: int, smp: int) -> None:
     path = build.guest_elf(kernel)
     model = state.build(timing_config.load(), smp, [(RAM_BASE, RAM_SIZE)],
                         roi=stats.roi_addresses(path))
-    engine.TimingRun._feed = clocked(real_feed, "kernels")
+    engine.TimingRun._feed_report = clocked(real_feed, "kernels")
     try:
         started = time.perf_counter()
-        with Bridge(QemuConfig(kernel=path, smp=smp, quantum=q, mode="trace")) as bridge:
+        with Bridge(QemuConfig(kernel=path, smp=smp, quantum=q, mode="trace",
+                                clock="model")) as bridge:
             bridge.step = clocked(bridge.step, "bridge")
             bridge.rr = clocked(bridge.rr, "bridge")
             schedule = quantum.Schedule(smp)
             engine.TimingRun(bridge, schedule, model).run()
         wall = time.perf_counter() - started
     finally:
-        engine.TimingRun._feed = real_feed
+        engine.TimingRun._feed_report = real_feed
     rest = wall - spent["bridge"] - spent["kernels"]
     records = int(sum(model.K.scal[:, k].sum() for k in (core.T_LOADS, core.T_STORES,
                                                         core.T_FETCHES)))
