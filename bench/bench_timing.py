@@ -1,6 +1,6 @@
-"""Detailed-mode guest MIPS, side by side with QEMU's own cache plugin.
+"""Detailed-mode guest MIPS, side by side with trace mode and QEMU's own cache plugin.
 
-For STREAM and GUPS with 1 and 4 harts, in one run:
+For riscv STREAM and GUPS with 1 and 4 harts, in one run:
 
 (a) patched QEMU with QEMU's contrib cache plugin (``libcache.so``: L1I,
     L1D and L2 of the same sizes as cosim's defaults, LRU, no timing),
@@ -11,19 +11,24 @@ For STREAM and GUPS with 1 and 4 harts, in one run:
 
 Every column is the wall time of the whole command as a user runs it
 (QEMU start-up, Python start-up and loading the compiled kernels
-included); ratios are to (a). Then a profile of detailed STREAM runs
-with 1 and 4 harts: the share of wall time in the bridge (QEMU and the
-plugin producing the trace, and the round trips), in the compiled timing
-kernels, and in SimPy and the Python between them.
+included); the ratios are (b)/(a) and (c)/(b), detailed against trace.
+Then the same (b) and (c) for x86 Linux with 2 and 4 busy vCPUs (the
+``threads`` workload, private slices, from snapshots booted in fast mode
+for this run, so its counts exclude the restore), and a profile of
+detailed STREAM runs with 1 and 4 harts: the share of wall time in the
+bridge (QEMU and the plugin producing the trace, and the round trips), in
+the compiled timing kernels, and in SimPy and the Python between them.
 
-    .venv/bin/python bench/bench_timing.py [--repeat 1] [--quantum 1000] [--profile-only]
+    .venv/bin/python bench/bench_timing.py [--repeat 1] [--quantum 1000] [--profile-only] [--no-linux]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +43,8 @@ from cosim.timing import core, engine, state, stats  # noqa: E402
 # about 100-150 M instructions each, so start-up is a few percent
 WORKLOADS = {"stream": "stream-n1m-r8", "gups": "gups-ws16m-n8m"}
 RAM_BASE, RAM_SIZE = 0x80000000, 1 << 30
+# Linux: (vCPUs, threads arguments); every thread updates its own 4 MiB slice
+LINUX = ((2, "-t 2 -m private -s 8M -n 1M"), (4, "-t 4 -m private -s 16M -n 500k"))
 
 
 def timed(cmd: list[str]) -> float:
@@ -74,6 +81,36 @@ def instructions(kernel: str, smp: int, q: int) -> int:
         schedule = quantum.Schedule(smp)
         quantum.run_round_robin(bridge, schedule)
         return schedule.total
+
+
+def linux_mips(root: Path, snapshot: str, args: str, *extra: str) -> tuple[float, float]:
+    """(instructions of the run, MIPS over the run's own wall time) of a Linux workload."""
+    proc = subprocess.run([sys.executable, "-m", "cosim.cli", "run", "--snapshot", snapshot,
+                           "--snapshot-dir", str(root), "--workload", "threads", "--args", args,
+                           "--json", *extra], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        sys.exit(f"cosim run --snapshot {snapshot} failed: {proc.stderr.strip()}")
+    out = json.loads(proc.stdout)
+    return out["session_insns"], out["session_insns"] / out["wall_seconds"] / 1e6
+
+
+def linux_rows(repeat: int) -> None:
+    """Trace and detailed MIPS of Linux with 2 and 4 busy vCPUs."""
+    root = Path(tempfile.mkdtemp(prefix="cosim-bench-timing-"))
+    print(f"\nx86 Linux, threads workload (one busy thread per vCPU), best of {repeat}")
+    print(f"{'vCPUs':>5} {'args':<30} {'Minsns':>7} | {'(b) trace':>9} | "
+          f"{'(c) detailed':>12} {'c/b':>6}")
+    for smp, args in LINUX:
+        name = f"boot{smp}"
+        subprocess.run([sys.executable, "-m", "cosim.cli", "boot", "--smp", str(smp), "--save",
+                        name, "--snapshot-dir", str(root)], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        insns, trace = max((linux_mips(root, name, args, "--mode", "trace")
+                            for _ in range(repeat)), key=lambda r: r[1])
+        _, detailed = max((linux_mips(root, name, args, "--timing") for _ in range(repeat)),
+                          key=lambda r: r[1])
+        print(f"{smp:>5} {args:<30} {insns / 1e6:>7.1f} | {trace:>9.1f} | {detailed:>12.1f} "
+              f"{detailed / trace:>6.2f}", flush=True)
 
 
 def profile(kernel: str, q: int, smp: int) -> None:
@@ -121,7 +158,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the fastest counts")
     parser.add_argument("--quantum", type=int, default=1000)
-    parser.add_argument("--profile-only", action="store_true", help="skip the MIPS table")
+    parser.add_argument("--profile-only", action="store_true", help="skip the MIPS tables")
+    parser.add_argument("--no-linux", action="store_true", help="skip the Linux rows")
     args = parser.parse_args()
     q = args.quantum
     if args.profile_only:
@@ -131,7 +169,7 @@ def main() -> int:
     best = lambda cmd: min(timed(cmd) for _ in range(args.repeat))  # noqa: E731
     print(f"quantum {q}, best of {args.repeat}; MIPS = guest instructions / wall second")
     print(f"{'workload':<8} {'harts':>5} {'Minsns':>7} | {'(a) qemu+libcache':>17} | "
-          f"{'(b) trace':>9} {'ratio':>6} | {'(c) detailed':>12} {'ratio':>6}")
+          f"{'(b) trace':>9} {'b/a':>6} | {'(c) detailed':>12} {'c/b':>6}")
     for name, kernel in WORKLOADS.items():
         elf = build.guest_elf(kernel)
         for smp in (1, 4):
@@ -142,7 +180,9 @@ def main() -> int:
             mips = [insns / w / 1e6 for w in walls]
             print(f"{name:<8} {smp:>5} {insns / 1e6:>7.1f} | {mips[0]:>17.1f} | "
                   f"{mips[1]:>9.1f} {mips[1] / mips[0]:>6.2f} | {mips[2]:>12.1f} "
-                  f"{mips[2] / mips[0]:>6.2f}", flush=True)
+                  f"{mips[2] / mips[1]:>6.2f}", flush=True)
+    if not args.no_linux:
+        linux_rows(args.repeat)
     for smp in (1, 4):
         profile(WORKLOADS["stream"], q, smp)
     return 0
