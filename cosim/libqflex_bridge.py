@@ -179,6 +179,7 @@ class Bridge:
         self._console_thread: threading.Thread | None = None
         self._console_stop = threading.Event()
         self._exited = False
+        self._in_flight = False              # send_step() without finish() yet
         self._closed = False
         self._carry: list[np.ndarray] = []   # records of a turn split by chunks
 
@@ -322,6 +323,17 @@ class Bridge:
         ns as the turn starts, advancing ``rate`` ns per instruction (16.16
         fixed point) up to ``cap`` ns (-1: none).
         """
+        self.send_step(vcpu, n, turns, parked, clock, rate, cap)
+        return self.finish()
+
+    def send_step(self, vcpu: int, n: int, turns: int = 1, parked: int = 0,
+                  clock: int | None = None, rate: int = 0, cap: int = -1) -> None:
+        """The first half of ``step``: QEMU starts running while the caller works.
+
+        ``finish`` collects the report. Until then nothing else may be sent,
+        and the records of the previous report are overwritten: copy them
+        first.
+        """
         if not 0 <= vcpu < self.config.smp:
             raise CosimError(f"vcpu={vcpu}: must be in 0..{self.config.smp - 1}")
         if n <= 0 or turns <= 0:
@@ -335,12 +347,21 @@ class Bridge:
             if self.config.clock != "model":
                 raise CosimError("step(clock=...) needs QemuConfig.clock='model'")
             cmd.update(clock=clock, rate=rate, cap=cap)
-        return self._command(cmd)
+        self._start(cmd)
 
-    def _command(self, cmd: dict) -> Report:
+    def _start(self, cmd: dict) -> None:
         if self._exited:
             raise CosimError("the guest has exited; nothing left to run")
+        if self._in_flight:
+            raise CosimError("a command is already running (finish() it first)")
         self._send(cmd)
+        self._in_flight = True
+
+    def finish(self) -> Report:
+        """The report of the command ``send_step`` started."""
+        if not self._in_flight:
+            raise CosimError("no command is running")
+        self._in_flight = False
         turns: list[Turn] = []
         while True:
             msg = self._recv()
@@ -354,6 +375,10 @@ class Bridge:
                 turns += self._turn_ends(msg, copy=False)
                 return self._report(msg, turns)
             raise CosimError(f"unexpected message from the plugin: {msg!r}")
+
+    def _command(self, cmd: dict) -> Report:
+        self._start(cmd)
+        return self.finish()
 
     def _turn_ends(self, msg: dict, copy: bool) -> list[Turn]:
         """Cut the buffer into the turns a trace-mode message completed.
@@ -559,6 +584,8 @@ class Bridge:
         Returns the plugin's state (its dependence rings), which a snapshot
         must carry for the trace of a restored run to match.
         """
+        if self._in_flight:
+            raise CosimError("pause() while a command is running (finish() it first)")
         self._send({"c": "pause"})
         state = self._expect("paused")
         del state["t"]

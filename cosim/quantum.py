@@ -112,6 +112,13 @@ def step(bridge: Bridge, schedule: Schedule, vcpu: int, n: int, **how: int | Non
     return report
 
 
+def finish(bridge: Bridge, schedule: Schedule) -> Report:
+    """The report of the step ``Bridge.send_step`` started, accounted."""
+    report = bridge.finish()
+    schedule.account(report)
+    return report
+
+
 def run_round_robin(bridge: Bridge, schedule: Schedule, max_insns: int | None = None,
                     on_report: Callable[[Report], bool] | None = None,
                     whole_rounds: bool = False) -> None:
