@@ -110,6 +110,10 @@ class Controller:
             if self._handle(req):
                 return True
 
+    def pending(self) -> bool:
+        """A request is queued, or the run is paused: the bridge must stay idle."""
+        return self.paused or not self._requests.empty()
+
     def serve_paused(self) -> bool:
         """Start paused (``cosim run --paused``): wait for Resume or Stop."""
         self._set_paused(True)

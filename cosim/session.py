@@ -102,6 +102,7 @@ class Session:
         self._progress: Progress | None = None
         self._published = 0.0               # monotonic time of the last refresh
         self._console_pos = 0
+        self._marker_pending = False        # _hold saw the marker; _on_report stops
         self.marker_seen = False
         self.final_summary: dict | None = None
         self._publish()
@@ -168,7 +169,8 @@ class Session:
             if spec.snapshot is not None and spec.warmup > 0:
                 warm = TimingRun(self.bridge, self.schedule, self.model,
                                  self.schedule.total + spec.warmup,
-                                 on_report=self._on_report, whole_turns=True)
+                                 on_report=self._on_report, whole_turns=True,
+                                 hold=self._hold, on_progress=self._on_progress)
                 warm.run()
                 resume = warm.state()
                 self.time_base = int(self.model.K.scal[:, core.T_TIME].max())
@@ -182,7 +184,7 @@ class Session:
             resume = self._resume_engine
         self.engine = TimingRun(self.bridge, self.schedule, self.model, limit,
                                 on_report=self._on_report, whole_turns=spec.save is not None,
-                                resume=resume)
+                                resume=resume, hold=self._hold, on_progress=self._on_progress)
         if not (self._stop or self.schedule.exited):
             self.engine.run()
 
@@ -205,12 +207,10 @@ class Session:
             (start, size, "cxl") for start, size in cxl)))
         return timing_state.build(cfg, c.smp, ram)
 
-    def _on_report(self, report: Report) -> bool:
-        """Between reports: progress, publish status, serve control requests.
+    def _on_progress(self, report: Report) -> None:
+        """Progress and the published status, every ``PUBLISH_EVERY_S`` of wall time.
 
-        Progress and the published status are refreshed every
-        ``PUBLISH_EVERY_S`` of wall time, not at every report (a report can
-        be one turn); requests are served at every report.
+        Not at every report: a report can be one turn.
         """
         assert self._progress is not None
         now = time.monotonic()
@@ -218,9 +218,22 @@ class Session:
             self._published = now
             self._progress.update(self.schedule.total, self.sim_seconds())
             self._publish()
+
+    def _hold(self) -> bool:
+        """Must QEMU stay stopped after this report? (a request to serve, the marker)."""
+        if self.controller is not None and self.controller.pending():
+            return True
+        if self.spec.until_marker is not None and not self._marker_pending:
+            self._marker_pending = self._console_shows(self.spec.until_marker)
+        return self._marker_pending
+
+    def _on_report(self, report: Report) -> bool:
+        """Between reports, QEMU stopped: progress, status, control requests, the marker."""
+        self._on_progress(report)
         if self.controller is not None and self.controller.poll():
             self._stop = True
-        if self.spec.until_marker is not None and self._console_shows(self.spec.until_marker):
+        if self.spec.until_marker is not None and (
+                self._marker_pending or self._console_shows(self.spec.until_marker)):
             self.marker_seen = self._stop = True
         return self._stop
 

@@ -46,11 +46,22 @@ batch's span and corrected at the next command. The largest error seen at
 a batch end is reported (``max_batch_drift_ns``). Batch sizes are a
 function of the model's state, so runs stay reproducible.
 
+A vCPU that goes on alone (its last turn ran to its budget without
+halting, no parked vCPU got work, no other vCPU is due within a turn of
+its predicted end) has its next command decided as soon as the report
+arrives, before the model feeds it: from the report's counts, masks and
+deadline and the command's predicted end (``_continuation``). So QEMU can
+run that command on the other host core while the model consumes the
+previous one (the overlap), and whether it does (a control request
+queued, or ``overlap=False``) changes nothing but speed. Other commands
+are decided after the model, in simulated-time order.
+
 A run can stop and continue from a snapshot: ``state()`` holds the parked
-vCPUs, their wake-ups, the next deadline, the clock offset and the rate
-predictions; a restored run starts every running vCPU's process with a
-wake at its local time and every parked one asleep with its target, so
-the order of turns is the one the straight run would have taken.
+vCPUs, their wake-ups, the next deadline, the clock offset, the rate
+predictions and a continuation already decided; a restored run sends that
+continuation first, starts every other running vCPU's process with a wake
+at its local time and every parked one asleep with its target, so the
+order of turns is the one the straight run would have taken.
 """
 
 from __future__ import annotations
@@ -91,19 +102,31 @@ class TimingRun:
     def __init__(self, bridge: Bridge, schedule: quantum.Schedule, model: Model,
                  max_insns: int | None = None,
                  on_report: Callable[[Report], bool] | None = None,
-                 whole_turns: bool = False, resume: dict | None = None) -> None:
+                 whole_turns: bool = False, resume: dict | None = None,
+                 hold: Callable[[], bool] | None = None,
+                 on_progress: Callable[[Report], None] | None = None,
+                 overlap: bool = True) -> None:
         """``max_insns`` counts from boot (a restored snapshot's instructions included).
 
         ``whole_turns``: never clip the last turn to hit ``max_insns``
         exactly; a run that ends in a snapshot must stop where a longer
         straight run also passes. ``resume``: ``state()`` of the run that
         wrote the snapshot the model was restored from (or of a warm-up).
+        ``on_report`` runs between commands, with QEMU stopped; while a
+        continuation already runs in QEMU, ``on_progress`` runs instead.
+        ``hold``: asked before a continuation starts early; True (a control
+        request is queued, say) keeps QEMU stopped until ``on_report`` ran.
+        ``overlap=False`` never starts a continuation early (same results,
+        no overlap: for measuring what the overlap gains).
         """
         self.bridge = bridge
         self.schedule = schedule
         self.model = model
         self.max_insns = max_insns
         self.on_report = on_report
+        self.on_progress = on_progress
+        self.hold = hold
+        self.overlap = overlap
         self.quantum = bridge.config.quantum
         self.whole_turns = whole_turns
         self.max_batch = bridge.config.rr_batch_turns()
@@ -132,8 +155,14 @@ class TimingRun:
         self._procs: list[simpy.Process] = []
         self._sleep_target: list[int | None] = [None] * n
         self._finished = False
-        self._cap_ns = -1               # of the command in flight
+        self._cap_ns = -1               # of the command being observed
         self._turns = 1
+        # a continuation decided from the report before it (see _continuation)
+        self._next_cmd: list[dict | None] = [None] * n
+        for v, cmd in st.get("next_cmd", []):
+            self._next_cmd[int(v)] = {k: int(x) for k, x in cmd.items()}
+        self._in_flight = False         # the next command already runs in QEMU
+        self.early_starts = 0           # continuations started before the model fed
         self._span_ticks = self.clock.ticks(self.clock.offset_ns + BATCH_SPAN_NS)
 
     def state(self) -> dict:
@@ -143,7 +172,8 @@ class TimingRun:
                 "pred": [list(p) for p in self.pred],
                 "last_vclock": self.last_vclock, "max_time_skew": self.max_time_skew,
                 "max_lead_ns": self.max_lead_ns, "max_lag_ns": self.max_lag_ns,
-                "max_batch_drift_ns": self.max_batch_drift_ns}
+                "max_batch_drift_ns": self.max_batch_drift_ns,
+                "next_cmd": [[v, c] for v, c in enumerate(self._next_cmd) if c is not None]}
 
     def run(self) -> None:
         env = simpy.Environment()
@@ -163,13 +193,33 @@ class TimingRun:
 
     def _core(self, env: simpy.Environment, v: int) -> Generator:
         scal = self.model.K.scal
-        if self._resume is not None and not self.parked[v]:
+        if self._resume is not None and not self.parked[v] and self._next_cmd[v] is None:
             yield _Wake(env, int(scal[v, core.T_TIME]) - env.now, v)
         while not self._finished:
             if self.parked[v]:
                 yield from self._sleep(env, v)
             t0 = int(scal[v, core.T_TIME])
-            report = self._command(v, t0)
+            cmd = self._next_cmd[v]
+            self._next_cmd[v] = None
+            if cmd is None:
+                cmd = self._decide(v, t0, self.last_vclock)
+            if not self._in_flight:
+                self._send(cmd)
+            self._in_flight = False
+            report = quantum.finish(self.bridge, self.schedule)
+            # the next command, when it continues this one, is decided now
+            # (before the model sees this report) and may start at once
+            nxt = self._continuation(v, report, t0)
+            self._next_cmd[v] = nxt
+            if nxt is not None and self.overlap and self._may_start(nxt) \
+                    and not (self.hold is not None and self.hold()):
+                for t in report.turn_list:
+                    if t.records is not None:
+                        t.records = t.records.copy()    # QEMU reuses the buffer
+                self._send(nxt)
+                self._in_flight = True
+                self.early_starts += 1
+            self._cap_ns, self._turns = cmd["cap"], cmd["turns"]
             last_start = self._feed_report(v, report)
             t1 = int(scal[v, core.T_TIME])
             times = scal[:, core.T_TIME]
@@ -177,6 +227,10 @@ class TimingRun:
             self._observe(v, report, t0, last_start, t1)
             # a snapshot taken now (in on_report or after the end) sees the
             # parking and wake-ups this report caused
+            if self._in_flight:
+                if self.on_progress is not None:
+                    self.on_progress(report)
+                continue
             stop = self.on_report(report) if self.on_report is not None else False
             sched = self.schedule
             if stop or report.exited or (self.max_insns is not None
@@ -184,8 +238,16 @@ class TimingRun:
                 self._finished = True
                 self._done.succeed()
                 return
-            if not self.parked[v]:
+            if self._next_cmd[v] is None and not self.parked[v]:
                 yield _Wake(env, int(scal[v, core.T_TIME]) - env.now, v)
+
+    def _may_start(self, cmd: dict) -> bool:
+        """Whether a decided continuation may run before this report is done with."""
+        return self.max_insns is None or self.schedule.total < self.max_insns
+
+    def _send(self, cmd: dict) -> None:
+        self.bridge.send_step(cmd["vcpu"], cmd["n"], turns=cmd["turns"], parked=cmd["parked"],
+                              clock=cmd["clock"], rate=cmd["rate"], cap=cmd["cap"])
 
     def _sleep(self, env: simpy.Environment, v: int) -> Generator:
         """Sleep while parked; return at the wake-up, idle time counted."""
@@ -245,12 +307,12 @@ class TimingRun:
             best = t if best is None else min(best, t)
         return best
 
-    def _command(self, v: int, t0: int) -> Report:
-        """The next turn of vCPU ``v`` (or a batch when it is the only one that runs)."""
+    def _decide(self, v: int, t0: int, last_vclock: int) -> dict:
+        """The next command of vCPU ``v`` starting at ``t0`` (a batch when it runs alone)."""
         sched = self.schedule
         q = self.quantum
         remaining = None if self.max_insns is None else self.max_insns - sched.total
-        n = q if remaining is None or self.whole_turns else min(q, remaining)
+        n = q if remaining is None or self.whole_turns else max(1, min(q, remaining))
         others = self._next_other(v)
         ticks, insns = self.pred[v]
         turns = 1
@@ -264,13 +326,44 @@ class TimingRun:
                 turns = min(turns, max(1, (others - t0) // per_turn))
         # the clock: simulated time now, at the predicted rate (ending where the
         # prediction ends, which absorbs the last error), up to the next other turn
-        start_ns = max(self.clock.ns(t0), self.last_vclock)
+        start_ns = max(self.clock.ns(t0), last_vclock)
         rate = rate_between(start_ns, self.clock.ns(t0 + ticks * n * turns // insns), n * turns)
         cap = -1 if others is None else self.clock.ns(others)
         parked = sum(1 << u for u in range(self.model.ncores) if self.parked[u] and u < 64)
-        self._cap_ns, self._turns = cap, turns
-        return quantum.step(self.bridge, sched, v, n, turns=turns, parked=parked,
-                            clock=self.clock.ns(t0), rate=rate, cap=cap)
+        return {"vcpu": v, "n": n, "turns": turns, "parked": parked,
+                "clock": self.clock.ns(t0), "rate": rate, "cap": cap}
+
+    def _continuation(self, v: int, report: Report, t0: int) -> dict | None:
+        """The command after ``report`` if vCPU ``v`` simply goes on, else None.
+
+        It is decided before the model has fed the report, from what the
+        report says (counts, masks, the deadline) and the predicted end of
+        the command (its start ``t0`` plus the rate prediction), so QEMU can
+        run it while the model works. Whether it actually starts early does
+        not change it: results are the same either way. ``v`` goes on when
+        its last turn ran to its budget without halting, no parked vCPU got
+        work, and no other vCPU is due within a turn of the predicted end;
+        otherwise the next command is decided after the model, in
+        simulated-time order.
+        """
+        if report.exited or not report.turn_list:
+            return None
+        last = report.turn_list[-1]
+        if last.halted or last.executed < last.budget or v >= 64 \
+                or (report.idle_mask >> v) & 1:
+            return None
+        for u in range(self.model.ncores):
+            if u != v and self.parked[u] and u < 64 and \
+                    not ((report.idle_mask >> u) & 1 and (report.start_idle_mask >> u) & 1):
+                return None
+        ticks, insns = self.pred[v]
+        t1 = t0 + ticks * report.insns[v] // insns
+        self.deadline_ns = report.deadline      # _observe sets the same
+        others = self._next_other(v)
+        if others is not None and others - t1 < max(1, ticks * self.quantum // insns):
+            return None
+        vclock = report.vclock if report.vclock >= 0 else self.last_vclock
+        return self._decide(v, t1, vclock)
 
     def _feed(self, vcpu: int, records: np.ndarray | None, executed: int) -> int:
         """Run the core model over one turn's records; returns its ticks."""

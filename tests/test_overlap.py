@@ -1,0 +1,71 @@
+"""QEMU runs a continuation while the model works: faster, and nothing else changes.
+
+Real QEMU, guests and bridge. The engine decides a vCPU's next command
+before the model has fed the report it follows, so starting that command
+early (the overlap) is only a matter of speed: with it on and off, every
+model counter, the guest's output (which reads its clock) and the trace
+digest must be identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import guest
+from cosim.errors import CosimError
+from cosim.libqflex_bridge import Bridge, QemuConfig
+from cosim.quantum import Schedule
+from cosim.timing import config as timing_config
+from cosim.timing import engine, state, stats
+
+
+def timing_run(kernel: str, smp: int, overlap: bool) -> tuple[dict, str, str, dict]:
+    """(timing document, guest output, digest, engine counts) of one run."""
+    path = guest(kernel)
+    model = state.build(timing_config.load(None, None), smp, [(0x80000000, 256 << 20)],
+                        roi=stats.roi_addresses(path))
+    sent = {"early": 0, "commands": 0}
+    with Bridge(QemuConfig(kernel=path, smp=smp, quantum=1000, mode="trace", memory="256M",
+                           clock="model")) as bridge:
+        real = bridge.send_step
+
+        def counted(*a, **k) -> None:
+            sent["commands"] += 1
+            real(*a, **k)
+        bridge.send_step = counted  # type: ignore[method-assign]
+        run = engine.TimingRun(bridge, Schedule(smp), model, overlap=overlap)
+        run.run()
+        sent["early"] = run.early_starts
+        doc = stats.document(model, run.cycles, None, None, parked=run.parked)
+        doc["clock"] = stats.clock_report(run)
+        console = bridge.console_text()
+        return doc, console, bridge.digest.hexdigest(), sent
+
+
+@pytest.mark.parametrize("kernel,smp", [("pchase-ws1048576-it20000", 1), ("spinlock-n400", 4)])
+def test_overlap_changes_nothing_but_speed(kernel: str, smp: int) -> None:
+    on = timing_run(kernel, smp, overlap=True)
+    off = timing_run(kernel, smp, overlap=False)
+    assert on[0] == off[0]
+    assert on[1] == off[1] and "RESULT" in on[1]
+    assert on[2] == off[2]
+    assert on[3]["commands"] == off[3]["commands"]
+    assert off[3]["early"] == 0
+    if smp == 1:
+        # a lone vCPU goes on command after command: nearly all start early
+        assert on[3]["early"] >= on[3]["commands"] - 2 > 0
+
+
+def test_finish_without_a_command_and_a_second_command_are_refused() -> None:
+    with Bridge(QemuConfig(kernel=guest("stream"), smp=1, quantum=1000, mode="trace")) as bridge:
+        with pytest.raises(CosimError, match="no command is running"):
+            bridge.finish()
+        bridge.send_step(0, 1000)
+        with pytest.raises(CosimError, match="already running"):
+            bridge.send_step(0, 1000)
+        with pytest.raises(CosimError, match="pause"):
+            bridge.pause()
+        report = bridge.finish()
+        assert report.insns == [1000]
+        assert np.all(report.turn_list[0].records["idx"] < 1000)
