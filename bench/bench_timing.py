@@ -135,8 +135,8 @@ def profile(kernel: str, q: int, smp: int) -> None:
         started = time.perf_counter()
         with Bridge(QemuConfig(kernel=path, smp=smp, quantum=q, mode="trace",
                                 clock="model")) as bridge:
-            bridge.step = clocked(bridge.step, "bridge")
-            bridge.rr = clocked(bridge.rr, "bridge")
+            for name in ("step", "rr", "send_step", "finish"):
+                setattr(bridge, name, clocked(getattr(bridge, name), "bridge"))
             schedule = quantum.Schedule(smp)
             engine.TimingRun(bridge, schedule, model).run()
         wall = time.perf_counter() - started
