@@ -66,7 +66,7 @@ order of turns is the one the straight run would have taken.
 
 from __future__ import annotations
 
-from typing import Callable, Generator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import simpy
@@ -211,7 +211,7 @@ class TimingRun:
             # (before the model sees this report) and may start at once
             nxt = self._continuation(v, report, t0)
             self._next_cmd[v] = nxt
-            if nxt is not None and self.overlap and self._may_start(nxt) \
+            if nxt is not None and self.overlap and self._may_start() \
                     and not (self.hold is not None and self.hold()):
                 for t in report.turn_list:
                     if t.records is not None:
@@ -241,7 +241,7 @@ class TimingRun:
             if self._next_cmd[v] is None and not self.parked[v]:
                 yield _Wake(env, int(scal[v, core.T_TIME]) - env.now, v)
 
-    def _may_start(self, cmd: dict) -> bool:
+    def _may_start(self) -> bool:
         """Whether a decided continuation may run before this report is done with."""
         return self.max_insns is None or self.schedule.total < self.max_insns
 
@@ -352,10 +352,8 @@ class TimingRun:
         if last.halted or last.executed < last.budget or v >= 64 \
                 or (report.idle_mask >> v) & 1:
             return None
-        for u in range(self.model.ncores):
-            if u != v and self.parked[u] and u < 64 and \
-                    not ((report.idle_mask >> u) & 1 and (report.start_idle_mask >> u) & 1):
-                return None
+        if any(self._woken(v, report)):
+            return None
         ticks, insns = self.pred[v]
         t1 = t0 + ticks * report.insns[v] // insns
         self.deadline_ns = report.deadline      # _observe sets the same
@@ -413,14 +411,9 @@ class TimingRun:
                 self.max_batch_drift_ns = max(self.max_batch_drift_ns, abs(err))
         if report.exited:
             return
-        n = self.model.ncores
-        for u in range(n):
-            if u == v or not self.parked[u] or u >= 64:
-                continue
-            if not (report.start_idle_mask >> u) & 1:
-                self._wake(u, last_start)      # a timer due at the turn's start
-            elif not (report.idle_mask >> u) & 1:
-                self._wake(u, t1)              # an interrupt during the turn
+        for u, at_start in self._woken(v, report):
+            # a timer due at the turn's start, or an interrupt during the turn
+            self._wake(u, last_start if at_start else t1)
         if v < 64 and (report.idle_mask >> v) & 1:
             self.parked[v] = True
             self.wake_at[v] = -1
@@ -430,6 +423,16 @@ class TimingRun:
                 and last.executed < last.budget:
             self._spin_wait(v, t1)
         self._retarget()
+
+    def _woken(self, v: int, report: Report) -> Iterator[tuple[int, bool]]:
+        """Parked vCPUs that ``v``'s report says have work: (vCPU, already at the start)."""
+        for u in range(min(self.model.ncores, 64)):
+            if u == v or not self.parked[u]:
+                continue
+            if not (report.start_idle_mask >> u) & 1:
+                yield u, True
+            elif not (report.idle_mask >> u) & 1:
+                yield u, False
 
     def _spin_wait(self, v: int, t1: int) -> None:
         """A turn that ended at a spin-wait hint (x86 PAUSE) waits for another vCPU.
