@@ -349,6 +349,37 @@ class Bridge:
             cmd.update(clock=clock, rate=rate, cap=cap)
         self._start(cmd)
 
+    def send_round(self, n: list[int], turns: list[int], parked: int = 0,
+                   clock: list[int] | None = None, rate: list[int] | None = None,
+                   cap: list[int] | None = None) -> None:
+        """Start several vCPUs' turns in one command; ``finish`` collects the report.
+
+        vCPU ``v`` runs ``turns[v]`` turns of ``n[v]`` instructions (0: it
+        skips), interleaved in QEMU's vCPU order, until each has run them,
+        halted or ended a turn at a spin-wait hint; the report comes early
+        when a vCPU in ``parked`` has work again. ``clock``/``rate``/``cap``
+        (clock=model): per vCPU, as in ``step``; each of its turns starts
+        the clock at ``clock[v]`` plus ``rate[v]`` times what it ran so far
+        in the round.
+        """
+        smp = self.config.smp
+        if len(n) != smp or len(turns) != smp:
+            raise CosimError(f"round: n and turns need {smp} entries, got {len(n)} and {len(turns)}")
+        if min(n) < 0 or min(turns) < 0 or not any(a > 0 and k > 0 for a, k in zip(n, turns)):
+            raise CosimError(f"round: n={n}, turns={turns}: need entries >= 0 and a vCPU "
+                             "with both > 0")
+        cmd: dict = {"c": "round", "n": list(n), "turns": list(turns)}
+        if parked:
+            cmd["parked"] = parked
+        if clock is not None:
+            if self.config.clock != "model":
+                raise CosimError("round(clock=...) needs QemuConfig.clock='model'")
+            if rate is None or cap is None or len(clock) != smp or len(rate) != smp \
+                    or len(cap) != smp:
+                raise CosimError(f"round: clock, rate and cap need {smp} entries each")
+            cmd.update(clock=list(clock), rate=list(rate), cap=list(cap))
+        self._start(cmd)
+
     def _start(self, cmd: dict) -> None:
         if self._exited:
             raise CosimError("the guest has exited; nothing left to run")

@@ -30,6 +30,21 @@
  *                 "clock": ns, "rate": r, "cap": ns (clock=model only)
  *                              set the virtual clock as v's first turn
  *                              starts (qemu_plugin_set_virtual_clock)
+ *   {"c": "round", "n": [n per vCPU], "turns": [K per vCPU]}
+ *                              several vCPUs in one command: vCPU v runs
+ *                              K[v] turns of n[v] instructions (K = 0:
+ *                              it skips), interleaved in QEMU's vCPU
+ *                              order from vCPU 0 on (the rest of a
+ *                              round already begun is skipped); a vCPU's turns stop early when it
+ *                              halts or ends a turn at a spin-wait hint;
+ *                              the report comes when no vCPU has turns
+ *                              left, or early when a vCPU in "parked" has
+ *                              work again
+ *                 optional: "parked": M as for step; "clock", "rate",
+ *                              "cap": arrays per vCPU (clock=model): as
+ *                              each of v's turns starts, the clock is set
+ *                              to clock[v] plus rate[v] times what v ran
+ *                              so far in the round (never back)
  *   {"c": "pause"}              skip the rest of the round; VM stops; the
  *                               plugin answers "paused" with its state
  *   {"c": "load", "dep": [[v0..v3] per vCPU], "head": [h per vCPU]}
@@ -51,6 +66,7 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -112,6 +128,7 @@ typedef enum {
     CMD_NONE,       /* need a command before the next turn */
     CMD_RR,
     CMD_STEP,
+    CMD_ROUND,
     CMD_PAUSE,
     CMD_DETACHED,
 } Cmd;
@@ -144,6 +161,15 @@ static struct {
     uint64_t step_n;
     uint64_t step_left;         /* instructions of step_vcpu left in the command */
     uint64_t parked;            /* vCPUs the bridge keeps asleep */
+
+    /* CMD_ROUND, per vCPU (see read_round) */
+    uint64_t *round_n;          /* budget of each of its turns */
+    uint64_t *round_turns;      /* its turns left in the round */
+    uint64_t *round_done;       /* instructions it ran in the round */
+    int64_t *round_clock, *round_cap;
+    uint32_t *round_rate;
+    unsigned int round_members; /* vCPUs with turns left */
+    bool round_wait;            /* the round starts at vCPU 0's next turn */
 
     bool model_clock;           /* clock=model */
     bool clock_pending;         /* set the clock as step_vcpu's turn starts */
@@ -463,6 +489,73 @@ static const msgpack_object *map_u64_array(const msgpack_object *map,
     return v;
 }
 
+/* An array of exactly @n integers (of either sign) under @key into @out. */
+static void map_i64_array(const msgpack_object *map, const char *key,
+                          uint32_t n, int64_t *out)
+{
+    const msgpack_object *v = map_get(map, key);
+
+    if (!v || v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != n) {
+        die("command lacks an array \"%s\" of %u entries", key, n);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *e = &v->via.array.ptr[i];
+        if (e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+            out[i] = e->via.i64;
+        } else if (e->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                   e->via.u64 <= INT64_MAX) {
+            out[i] = (int64_t)e->via.u64;
+        } else {
+            die("\"%s\" holds a value of the wrong type", key);
+        }
+    }
+}
+
+/* "round": budgets, turns and clocks of several vCPUs at once. */
+static void read_round(const msgpack_object *map)
+{
+    g_autofree int64_t *tmp = g_new(int64_t, S.nvcpus);
+
+    S.round_members = 0;
+    map_i64_array(map, "n", S.nvcpus, tmp);
+    for (unsigned int v = 0; v < S.nvcpus; v++) {
+        S.round_n[v] = tmp[v] > 0 ? tmp[v] : 0;
+    }
+    map_i64_array(map, "turns", S.nvcpus, tmp);
+    for (unsigned int v = 0; v < S.nvcpus; v++) {
+        S.round_turns[v] = S.round_n[v] && tmp[v] > 0 ? tmp[v] : 0;
+        S.round_done[v] = 0;
+        S.round_members += S.round_turns[v] > 0;
+    }
+    if (S.round_members == 0) {
+        die("round needs a vCPU with n > 0 and turns > 0");
+    }
+    S.parked = map_u64_or(map, "parked", 0);
+    S.clock_pending = map_get(map, "clock") != NULL;
+    if (S.clock_pending) {
+        if (!S.model_clock) {
+            die("round: \"clock\" needs clock=model");
+        }
+        map_i64_array(map, "clock", S.nvcpus, S.round_clock);
+        map_i64_array(map, "cap", S.nvcpus, S.round_cap);
+        map_i64_array(map, "rate", S.nvcpus, tmp);
+        for (unsigned int v = 0; v < S.nvcpus; v++) {
+            if (tmp[v] < 0 || tmp[v] > UINT32_MAX) {
+                die("round: rate %" PRId64 " is not in 0..2^32-1", tmp[v]);
+            }
+            S.round_rate[v] = tmp[v];
+        }
+    }
+    /*
+     * QEMU's round-robin may be mid-round (the last command ended at some
+     * vCPU's turn): the round begins at vCPU 0, so that its interleaving
+     * is the same wherever the run was paused or restored.
+     */
+    S.round_wait = true;
+    /* several vCPUs: a spinning one yields to the others */
+    qemu_plugin_set_spin_yield(true);
+}
+
 /* "load": the state of a restored snapshot (see send_paused). */
 static void load_state(const msgpack_object *map)
 {
@@ -558,6 +651,9 @@ static bool read_command(void)
             S.clock_rate = rate;
             S.clock_cap = map_i64_or(&msg.data, "cap", -1);
         }
+    } else if (strcmp(name, "round") == 0) {
+        S.cmd = CMD_ROUND;
+        read_round(&msg.data);
     } else if (strcmp(name, "pause") == 0) {
         S.cmd = CMD_PAUSE;
         qemu_plugin_request_pause();
@@ -591,6 +687,16 @@ static void vcpu_turn_start(qemu_plugin_id_t id, unsigned int vcpu)
         if (vcpu == S.step_vcpu && S.clock_pending) {
             qemu_plugin_set_virtual_clock(S.clock_ns, S.clock_rate, S.clock_cap);
             S.clock_pending = false;
+        }
+        break;
+    case CMD_ROUND:
+        S.round_wait = S.round_wait && vcpu != 0;
+        qemu_plugin_set_vcpu_budget(vcpu, S.round_turns[vcpu] && !S.round_wait ?
+                                    S.round_n[vcpu] : 0);
+        if (S.round_turns[vcpu] && !S.round_wait && S.clock_pending) {
+            int64_t ns = S.round_clock[vcpu] +
+                (int64_t)((S.round_done[vcpu] * S.round_rate[vcpu]) >> 16);
+            qemu_plugin_set_virtual_clock(ns, S.round_rate[vcpu], S.round_cap[vcpu]);
         }
         break;
     case CMD_PAUSE:
@@ -651,6 +757,17 @@ static void vcpu_turn_end(qemu_plugin_id_t id, unsigned int vcpu,
          */
         S.step_left -= MIN(S.step_left, info->executed);
         report = S.step_left == 0 || info->halted ||
+                 (S.parked & ~info->idle_mask) != 0 ||
+                 (S.model_clock && (S.parked & ~info->start_idle_mask) != 0);
+        break;
+    case CMD_ROUND:
+        S.round_done[vcpu] += info->executed;
+        if (S.round_turns[vcpu] &&
+            (--S.round_turns[vcpu] == 0 || info->halted || info->yielded)) {
+            S.round_turns[vcpu] = 0;
+            S.round_members--;
+        }
+        report = S.round_members == 0 ||
                  (S.parked & ~info->idle_mask) != 0 ||
                  (S.model_clock && (S.parked & ~info->start_idle_mask) != 0);
         break;
@@ -921,6 +1038,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id,
     S.d_turns = g_new0(uint64_t, S.nvcpus);
     S.d_halted = g_new0(uint64_t, S.nvcpus);
     S.d_yielded = g_new0(uint64_t, S.nvcpus);
+    S.round_n = g_new0(uint64_t, S.nvcpus);
+    S.round_turns = g_new0(uint64_t, S.nvcpus);
+    S.round_done = g_new0(uint64_t, S.nvcpus);
+    S.round_clock = g_new0(int64_t, S.nvcpus);
+    S.round_cap = g_new0(int64_t, S.nvcpus);
+    S.round_rate = g_new0(uint32_t, S.nvcpus);
     if (S.mode == MODE_TRACE) {
         S.ends = g_array_new(false, false, sizeof(TurnEnd));
     }
