@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                      default=0, metavar="N",
                      help="restoring a snapshot without timing state under --timing: run N "
                           "instructions to warm the caches first, not counted")
+    run.add_argument("--order", choices=("exact", "round"), default="exact",
+                     help="with --timing: 'exact' (default) steps one vCPU per bridge round trip, "
+                          "always the one furthest behind in simulated time; 'round' runs every "
+                          "vCPU due within a turn's window in one round trip (faster with "
+                          "several busy vCPUs; the interleaving differs by at most the window)")
     run.add_argument("--paused", action="store_true",
                      help="start paused; continue with `cosim resume` (or drive it with Step)")
     run.add_argument("--listen", metavar="HOST:PORT",
@@ -288,6 +293,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CosimError("--mode fast: the timing model needs trace mode (drop --mode)")
     if args.warmup and not (args.snapshot and args.timing):
         raise CosimError(f"--warmup {args.warmup}: only for restoring a snapshot under --timing")
+    if args.order != "exact" and not args.timing:
+        raise CosimError(f"--order {args.order}: only under --timing (without it every vCPU "
+                         "runs round-robin)")
     timing_cfg = timing_config.load(args.preset, args.config) if args.timing else None
     snapshot = restorable(store, args) if args.snapshot else None
     board = None
@@ -322,7 +330,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                          icount_shift=shift, board=board)
     spec = RunSpec(
         machine=machine, max_insns=args.max_insns, timing=timing_cfg,
-        preset=args.preset, config_file=args.config, warmup=args.warmup, save=args.save,
+        preset=args.preset, config_file=args.config, warmup=args.warmup, order=args.order,
+        save=args.save,
         force=args.force, store=store, snapshot=snapshot,
         console=args.console if args.console else (sys.stderr if args.json else sys.stdout),
         paused=args.paused)

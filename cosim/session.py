@@ -34,6 +34,7 @@ from .timing import state as timing_state
 from .timing import stats as timing_stats
 from .timing.config import Config
 from .timing.engine import TimingRun
+from .timing.rounds import RoundRun
 from .timing.memory import TICKS_PER_CYCLE
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ class RunSpec:
     preset: str | None = None
     config_file: Path | None = None
     warmup: int = 0                     # timing without saved timing state: warm-up instructions
+    #: under timing: "exact" steps one vCPU per command (engine), "round" several (rounds)
+    order: str = "exact"
     save: str | None = None             # snapshot name to save at the end
     force: bool = False
     store: snap.Store = field(default_factory=snap.Store)
@@ -167,7 +170,7 @@ class Session:
         if self.model is None:
             self.model = self._build_model()
             if spec.snapshot is not None and spec.warmup > 0:
-                warm = TimingRun(self.bridge, self.schedule, self.model,
+                warm = self._engine_class()(self.bridge, self.schedule, self.model,
                                  self.schedule.total + spec.warmup,
                                  on_report=self._on_report, whole_turns=True,
                                  hold=self._hold, on_progress=self._on_progress)
@@ -182,11 +185,14 @@ class Session:
                     limit += spec.warmup
         else:
             resume = self._resume_engine
-        self.engine = TimingRun(self.bridge, self.schedule, self.model, limit,
+        self.engine = self._engine_class()(self.bridge, self.schedule, self.model, limit,
                                 on_report=self._on_report, whole_turns=spec.save is not None,
                                 resume=resume, hold=self._hold, on_progress=self._on_progress)
         if not (self._stop or self.schedule.exited):
             self.engine.run()
+
+    def _engine_class(self) -> type[TimingRun]:
+        return RoundRun if self.spec.order == "round" else TimingRun
 
     def _build_model(self) -> timing_state.Model:
         assert self.spec.timing is not None
@@ -397,6 +403,7 @@ class Session:
                                     time_base=self.time_base,
                                     parked=engine.parked if engine is not None else None)
         if engine is not None:
+            doc["order"] = self.spec.order
             doc["max_time_skew_cycles"] = engine.max_time_skew // TICKS_PER_CYCLE
             doc["clock"] = timing_stats.clock_report(engine, self.time_base)
         return doc

@@ -267,3 +267,37 @@ def run_turns(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, bounds: np.ndarr
     """
     for t in range(executed.shape[0]):
         ticks[t] = run_turn(K, H, c, recs[bounds[t]:bounds[t + 1]], executed[t])
+
+
+@njit(_nrt=False, cache=True)
+def run_round(K: CoreArrays, H: Hier, vcpus: np.ndarray, recs: np.ndarray,
+              bounds: np.ndarray, executed: np.ndarray, starts: np.ndarray,
+              ticks: np.ndarray, head: np.ndarray, next_of: np.ndarray) -> None:
+    """Several vCPUs' turns, fed in simulated-time order, in one call.
+
+    The turns of a round (``bounds``/``executed`` as in ``run_turns``, core
+    ``vcpus[t]``) are given in the order QEMU ran them; each core's turns
+    stay in that order, and the next turn fed is always that of the core
+    with the smallest local time (ties: the lower core), as the exact
+    order would step them. Turn ``t`` starts at ``starts[t]`` and takes
+    ``ticks[t]``. ``head`` (per core) and ``next_of`` (per turn) are
+    scratch space: the kernel cannot allocate.
+    """
+    ncores = head.shape[0]
+    nt = vcpus.shape[0]
+    for c in range(ncores):
+        head[c] = -1
+    for t in range(nt - 1, -1, -1):
+        c = vcpus[t]
+        next_of[t] = head[c]
+        head[c] = t
+    sc = K.scal
+    for _ in range(nt):
+        best = -1
+        for c in range(ncores):
+            if head[c] >= 0 and (best < 0 or sc[c, T_TIME] < sc[best, T_TIME]):
+                best = c
+        t = head[best]
+        head[best] = next_of[t]
+        starts[t] = sc[best, T_TIME]
+        ticks[t] = run_turn(K, H, best, recs[bounds[t]:bounds[t + 1]], executed[t])
