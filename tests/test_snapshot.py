@@ -50,11 +50,12 @@ CASES = [
     ("spinlock", 4, 4_000_000, ()),
     ("gups-ws1m-n20000", 1, 600_000, ("--timing",)),
     ("spinlock-n4000", 4, 400_000, ("--timing",)),
+    ("spinlock-n4000", 4, 400_000, ("--timing", "--order", "round")),
 ]
 
 
 @pytest.mark.parametrize("guest,smp,half,extra", CASES,
-                         ids=["fast-1", "fast-4", "timing-1", "timing-4"])
+                         ids=["fast-1", "fast-4", "timing-1", "timing-4", "timing-4-round"])
 def test_continuation_matches_straight_run(tmp_path: Path, guest: str, smp: int, half: int,
                                            extra: tuple) -> None:
     base = ("--kernel", guest, "--smp", str(smp), "--quantum", "1000",
@@ -65,7 +66,10 @@ def test_continuation_matches_straight_run(tmp_path: Path, guest: str, smp: int,
     first = run_json(*base, *mode, "--max-insns", str(half), "--save", "half")
     # the save point is the first round (timing: command) boundary at or after
     # N/2; under --timing a vCPU that runs alone gets a batch of turns per command
+    # (round order: a round of every hart's turns, each at most a batch)
     batch = TRACE_BATCH_INSNS if extra and smp == 1 else smp * 1000
+    if "round" in extra:
+        batch = smp * TRACE_BATCH_INSNS
     assert half <= first["total_insns"] < half + batch
     second = run_json("--snapshot", "half", "--snapshot-dir", str(tmp_path), *extra, *mode,
                       "--max-insns", str(2 * half - first["total_insns"]))
