@@ -86,6 +86,16 @@ _NO_BYTES = np.empty(0, dtype=np.uint8)
 BATCH_SPAN_NS = 10_000
 
 
+def packed_turns(turns: list[Turn]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(records, bounds, executed) of several turns, as the multi-turn kernels take them."""
+    parts = [_NO_BYTES if t.records is None else t.records.view(np.uint8) for t in turns]
+    bounds = np.zeros(len(turns) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=bounds[1:])
+    bounds //= RECORD_DTYPE.itemsize
+    return (np.concatenate(parts).view(RECORD_DTYPE), bounds,
+            np.array([t.executed for t in turns], dtype=np.int64))
+
+
 class _Wake(simpy.Event):
     """A timeout ordered by (time, vCPU id) rather than by creation."""
 
@@ -378,14 +388,8 @@ class TimingRun:
             self._feed(turns[0].vcpu, turns[0].records, turns[0].executed)
         elif turns:
             # a batch is one vCPU's turns: one kernel call for all of them
-            parts = [_NO_BYTES if t.records is None else t.records.view(np.uint8) for t in turns]
-            bounds = np.zeros(len(turns) + 1, dtype=np.int64)
-            np.cumsum([len(p) for p in parts], out=bounds[1:])
-            bounds //= RECORD_DTYPE.itemsize
             ticks = np.zeros(len(turns), dtype=np.int64)
-            recs = np.concatenate(parts).view(RECORD_DTYPE)
-            core.run_turns(self.model.K, self.model.H, v, recs, bounds,
-                           np.array([t.executed for t in turns], dtype=np.int64), ticks)
+            core.run_turns(self.model.K, self.model.H, v, *packed_turns(turns), ticks)
             start = int(scal[v, core.T_TIME]) - int(ticks[-1])
         if report.exited and report.partial_vcpu >= 0:
             start = int(scal[v, core.T_TIME])

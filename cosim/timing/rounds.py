@@ -36,13 +36,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quantum
-from ..libqflex_bridge import Report
-from ..trace import RECORD_DTYPE
+from ..libqflex_bridge import Report, Turn
 from . import core
 from .clock import rate_between
-from .engine import TimingRun
-
-_NO_BYTES = np.empty(0, dtype=np.uint8)
+from .engine import TimingRun, packed_turns
 
 
 class RoundRun(TimingRun):
@@ -181,17 +178,12 @@ class RoundRun(TimingRun):
         turns = report.turn_list
         last_start = last_end = 0
         if turns:
-            parts = [_NO_BYTES if t.records is None else t.records.view(np.uint8) for t in turns]
-            bounds = np.zeros(len(turns) + 1, dtype=np.int64)
-            np.cumsum([len(p) for p in parts], out=bounds[1:])
-            bounds //= RECORD_DTYPE.itemsize
             starts = np.zeros(len(turns), dtype=np.int64)
             ticks = np.zeros(len(turns), dtype=np.int64)
             core.run_round(self.model.K, self.model.H,
                            np.array([t.vcpu for t in turns], dtype=np.int64),
-                           np.concatenate(parts).view(RECORD_DTYPE), bounds,
-                           np.array([t.executed for t in turns], dtype=np.int64),
-                           starts, ticks, self._head, np.zeros(len(turns), dtype=np.int64))
+                           *packed_turns(turns), starts, ticks, self._head,
+                           np.zeros(len(turns), dtype=np.int64))
             last_start = int(starts[-1])
             last_end = last_start + int(ticks[-1])
         if report.exited and report.partial_vcpu >= 0:
@@ -217,7 +209,7 @@ class RoundRun(TimingRun):
             return
         for u, at_start in self._woken(-1, report):
             self._wake(u, last_start if at_start else last_end)
-        last_of: dict[int, object] = {t.vcpu: t for t in report.turn_list}
+        last_of: dict[int, Turn] = {t.vcpu: t for t in report.turn_list}
         for u in members:
             if u < 64 and (report.idle_mask >> u) & 1:
                 self.parked[u] = True
@@ -226,7 +218,7 @@ class RoundRun(TimingRun):
         for u in members:
             last = last_of.get(u)
             if not self.parked[u] and last is not None and not last.halted \
-                    and last.executed < last.budget:      # type: ignore[attr-defined]
+                    and last.executed < last.budget:
                 self._spin_wait(u, int(scal[u, core.T_TIME]))
 
     def _note_skew(self) -> None:
