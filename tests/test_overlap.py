@@ -17,10 +17,11 @@ from cosim.errors import CosimError
 from cosim.libqflex_bridge import Bridge, QemuConfig
 from cosim.quantum import Schedule
 from cosim.timing import config as timing_config
-from cosim.timing import engine, state, stats
+from cosim.timing import engine, rounds, state, stats
 
 
-def timing_run(kernel: str, smp: int, overlap: bool) -> tuple[dict, str, str, dict]:
+def timing_run(kernel: str, smp: int, overlap: bool,
+               order: str = "exact") -> tuple[dict, str, str, dict]:
     """(timing document, guest output, digest, engine counts) of one run."""
     path = guest(kernel)
     model = state.build(timing_config.load(None, None), smp, [(0x80000000, 256 << 20)],
@@ -28,13 +29,19 @@ def timing_run(kernel: str, smp: int, overlap: bool) -> tuple[dict, str, str, di
     sent = {"early": 0, "commands": 0}
     with Bridge(QemuConfig(kernel=path, smp=smp, quantum=1000, mode="trace", memory="256M",
                            clock="model")) as bridge:
-        real = bridge.send_step
+        real_step, real_round = bridge.send_step, bridge.send_round
 
-        def counted(*a, **k) -> None:
+        def step(*a, **k) -> None:
             sent["commands"] += 1
-            real(*a, **k)
-        bridge.send_step = counted  # type: ignore[method-assign]
-        run = engine.TimingRun(bridge, Schedule(smp), model, overlap=overlap)
+            real_step(*a, **k)
+
+        def round_(*a, **k) -> None:
+            sent["commands"] += 1
+            real_round(*a, **k)
+        bridge.send_step = step  # type: ignore[method-assign]
+        bridge.send_round = round_  # type: ignore[method-assign]
+        cls = rounds.RoundRun if order == "round" else engine.TimingRun
+        run = cls(bridge, Schedule(smp), model, overlap=overlap)
         run.run()
         sent["early"] = run.early_starts
         doc = stats.document(model, run.cycles, None, None, parked=run.parked)
@@ -43,10 +50,13 @@ def timing_run(kernel: str, smp: int, overlap: bool) -> tuple[dict, str, str, di
         return doc, console, bridge.digest.hexdigest(), sent
 
 
-@pytest.mark.parametrize("kernel,smp", [("pchase-ws1048576-it20000", 1), ("spinlock-n400", 4)])
-def test_overlap_changes_nothing_but_speed(kernel: str, smp: int) -> None:
-    on = timing_run(kernel, smp, overlap=True)
-    off = timing_run(kernel, smp, overlap=False)
+@pytest.mark.parametrize("kernel,smp,order", [("pchase-ws1048576-it20000", 1, "exact"),
+                                              ("spinlock-n400", 4, "exact"),
+                                              ("stream-n64k-r2", 4, "round"),
+                                              ("spinlock-n400", 4, "round")])
+def test_overlap_changes_nothing_but_speed(kernel: str, smp: int, order: str) -> None:
+    on = timing_run(kernel, smp, overlap=True, order=order)
+    off = timing_run(kernel, smp, overlap=False, order=order)
     assert on[0] == off[0]
     assert on[1] == off[1] and "RESULT" in on[1]
     assert on[2] == off[2]
@@ -55,6 +65,9 @@ def test_overlap_changes_nothing_but_speed(kernel: str, smp: int) -> None:
     if smp == 1:
         # a lone vCPU goes on command after command: nearly all start early
         assert on[3]["early"] >= on[3]["commands"] - 2 > 0
+    if kernel.startswith("stream") and order == "round":
+        # 4 busy harts go on round after round: most rounds start early
+        assert on[3]["early"] >= on[3]["commands"] // 2 > 0
 
 
 def test_finish_without_a_command_and_a_second_command_are_refused() -> None:

@@ -20,6 +20,13 @@ is due within a window one command's worth of turns:
   got;
 - while only one vCPU can run, commands are the exact order's batches.
 
+A round whose vCPUs simply go on (none parked, woke, halted or stopped
+short) has the next round decided as soon as its report arrives, from the
+members' predicted ends instead of their fed times, and QEMU runs it on
+the other host core while the model feeds the previous one (as the exact
+order's continuations do); whether it starts early changes nothing but
+speed, and a snapshot holds the decided round.
+
 Parking, wake-ups, deadlines and the guest clock follow the exact order's
 rules (see ``engine``), applied per round: a vCPU idle at the round's end
 parks, a parked vCPU woken by the round's last turn wakes at its end (or
@@ -45,34 +52,72 @@ from .engine import TimingRun, packed_turns
 class RoundRun(TimingRun):
     """``TimingRun`` in round order: one command for every vCPU due in a window."""
 
+    #: the command decided before the model fed the last report (see _continuation_of)
+    _pending: tuple[str, dict] | None = None
+
     def run(self) -> None:
         n = self.model.ncores
         self._head = np.zeros(n, dtype=np.int64)
-        for v in range(n):
-            # a continuation an exact-order snapshot decided runs first
-            cmd = self._next_cmd[v]
-            if cmd is not None:
-                self._next_cmd[v] = None
-                if self._command(v, cmd):
-                    return
+        pending = self._restored()
         while True:
-            plan = self._plan()
-            if plan is None:
+            cmd = pending if pending is not None else self._next_command()
+            self._pending = None
+            if cmd is None:
                 self.stalled = True
                 return
-            if isinstance(plan, int):
-                v = plan
-                stop = self._command(v, self._decide(v, int(self.model.K.scal[v, core.T_TIME]),
-                                                     self.last_vclock))
+            kind, c = cmd
+            t0 = [int(x) for x in self.model.K.scal[:, core.T_TIME]]
+            if not self._in_flight:
+                self._send_command(cmd)
+            self._in_flight = False
+            report = quantum.finish(self.bridge, self.schedule)
+            # the next command, when it continues this one, is decided now
+            # (before the model sees this report) and may start at once
+            pending = self._continuation_of(cmd, report, t0)
+            self._pending = pending
+            if pending is not None and self.overlap and self._may_start() \
+                    and not (self.hold is not None and self.hold()):
+                for t in report.turn_list:
+                    if t.records is not None:
+                        t.records = t.records.copy()    # QEMU reuses the buffer
+                self._send_command(pending)
+                self._in_flight = True
+                self.early_starts += 1
+            if kind == "step":
+                self._observe_step(c, report, t0)
             else:
-                stop = self._round(*plan)
-            if stop:
+                last_start, last_end = self._feed_round(report)
+                self._note_skew()
+                self._observe_round(c["members"], report, t0, last_start, last_end,
+                                    c["round_cap"])
+            if self._in_flight:
+                if self.on_progress is not None:
+                    self.on_progress(report)
+                continue
+            if self._after(report):
                 return
 
     def state(self) -> dict:
         st = super().state()
-        st["next_cmd"] = []     # a round is always complete at a snapshot
+        st["next_cmd"] = []
+        kind, c = self._pending if self._pending is not None else ("", {})
+        if kind == "step":
+            st["next_cmd"] = [[c["vcpu"], c]]
+        elif kind == "round":
+            st["next_round"] = c
         return st
+
+    def _restored(self) -> tuple[str, dict] | None:
+        """The command a snapshot's run had decided (a round, or an exact-order step)."""
+        rnd = (self._resume or {}).get("next_round")
+        if rnd is not None:
+            return "round", {k: (int(x) if isinstance(x, int) else [int(y) for y in x])
+                             for k, x in rnd.items()}
+        for v, cmd in enumerate(self._next_cmd):
+            if cmd is not None:
+                self._next_cmd[v] = None
+                return "step", cmd
+        return None
 
     # -- what runs next ------------------------------------------------------
 
@@ -92,85 +137,126 @@ class RoundRun(TimingRun):
         ticks, insns = self.pred[u]
         return max(1, ticks * self.quantum // insns)
 
-    def _plan(self) -> int | tuple[list[int], list[int]] | None:
-        """The next command: a vCPU to step alone, (members, turns) of a round, or None.
+    def _window(self, due: list[int | None]) -> tuple[list[int], list[int]] | int | None:
+        """The vCPUs due within the window from ``due`` and their turns, a lone vCPU, or None.
+
+        A pure function of ``due`` and the rate predictions, so a round
+        decided from predicted times (a continuation) is the one a run that
+        waited for the model would decide from the same times.
+        """
+        live = [u for u in range(len(due)) if due[u] is not None]
+        if not live:
+            return None
+        t_min = min(due[u] for u in live)  # type: ignore[type-var]
+        horizon = t_min + max(self._per_turn(u) for u in live)
+        members = [u for u in live if due[u] < horizon]  # type: ignore[operator]
+        if len(members) == 1:
+            return members[0]
+        turns = [max(1, min(self.max_batch, (horizon - int(due[u])) // self._per_turn(u)))
+                 for u in members]
+        remaining = None if self.max_insns is None else self.max_insns - self.schedule.total
+        if remaining is not None and not self.whole_turns \
+                and remaining < self.quantum * sum(turns):
+            # the last instructions before the limit: one vCPU at a time, clipped
+            return min(members, key=lambda u: (int(due[u]), u))  # type: ignore[arg-type]
+        return members, turns
+
+    def _next_command(self) -> tuple[str, dict] | None:
+        """The next command decided from the model's state: a lone vCPU's step or a round.
 
         Parked vCPUs due inside the window wake first (their idle time
         counted), as the exact order would wake them.
         """
         due = self._due()
-        live = [u for u in range(len(due)) if due[u] is not None]
-        if not live:
+        plan = self._window(due)
+        if plan is None:
             return None
-        t_min = min(due[u] for u in live)  # type: ignore[type-var]
-        width = max(self._per_turn(u) for u in live)
-        horizon = t_min + width
-        members = [u for u in live if due[u] < horizon]  # type: ignore[operator]
         scal = self.model.K.scal
-        for u in members:
+        for u in ([plan] if isinstance(plan, int) else plan[0]):
             if self.parked[u]:
                 t = int(due[u])  # type: ignore[arg-type]
                 scal[u, core.T_IDLE] += t - int(scal[u, core.T_TIME])
                 scal[u, core.T_TIME] = t
                 self.parked[u] = False
                 self.wake_at[u] = -1
-        remaining = None if self.max_insns is None else self.max_insns - self.schedule.total
-        if len(members) == 1:
-            return members[0]
-        turns = [max(1, min(self.max_batch, (horizon - int(scal[u, core.T_TIME]))
-                            // self._per_turn(u))) for u in members]
-        if remaining is not None and not self.whole_turns \
-                and remaining < self.quantum * sum(turns):
-            # the last instructions before the limit: one vCPU at a time, clipped
-            return min(members, key=lambda u: (int(scal[u, core.T_TIME]), u))
-        return members, turns
+        if isinstance(plan, int):
+            return "step", self._decide(plan, int(scal[plan, core.T_TIME]), self.last_vclock)
+        return "round", self._round_command(*plan, [int(x) for x in scal[:, core.T_TIME]])
 
-    # -- one command -----------------------------------------------------------
+    def _continuation_of(self, cmd: tuple[str, dict], report: Report,
+                         t0: list[int]) -> tuple[str, dict] | None:
+        """The command after ``report`` when the vCPUs simply go on, else None.
 
-    def _command(self, v: int, cmd: dict) -> bool:
-        """One vCPU's command, fed and observed as the exact order does; True: stop."""
-        scal = self.model.K.scal
-        t0 = int(scal[v, core.T_TIME])
-        self._send(cmd)
-        report = quantum.finish(self.bridge, self.schedule)
-        self._cap_ns, self._turns = cmd["cap"], cmd["turns"]
-        last_start = self._feed_report(v, report)
-        t1 = int(scal[v, core.T_TIME])
-        self._note_skew()
-        self._observe(v, report, t0, last_start, t1)
-        return self._after(report)
+        Decided before the model has fed the report, from the report and the
+        predicted ends of its turns (``_continuation`` for a lone vCPU).
+        After a round, the next one is decided early when nothing in it
+        parked, woke, halted or stopped short of its budget and no vCPU is
+        parked at all: then the window depends only on the vCPUs' times,
+        and the members' predicted ends stand in for their fed ones.
+        """
+        kind, c = cmd
+        if kind == "step":
+            nxt = self._continuation(c["vcpu"], report, t0[c["vcpu"]])
+            return None if nxt is None else ("step", nxt)
+        n = self.model.ncores
+        if report.exited or not report.turn_list or n > 64 or any(self.parked) \
+                or report.idle_mask & ((1 << n) - 1):
+            return None
+        last_of: dict[int, Turn] = {t.vcpu: t for t in report.turn_list}
+        due: list[int | None] = list(t0)
+        for u, k in zip(c["members"], c["turns"]):
+            last = last_of.get(u)
+            if last is None or last.halted or report.insns[u] != self.quantum * k:
+                return None
+            ticks, insns = self.pred[u]
+            due[u] = t0[u] + ticks * report.insns[u] // insns
+        plan = self._window(due)
+        if not isinstance(plan, tuple):
+            return None
+        return "round", self._round_command(*plan, due)  # type: ignore[arg-type]
 
-    def _round(self, members: list[int], turns: list[int]) -> bool:
-        """One round of several vCPUs: sent, fed in time order, observed; True: stop."""
-        scal = self.model.K.scal
+    def _round_command(self, members: list[int], turns: list[int], start: list[int]) -> dict:
+        """A round's command: per-vCPU budgets, turn counts and clocks from their start times."""
         n = self.model.ncores
         q = self.quantum
-        t0 = {u: int(scal[u, core.T_TIME]) for u in members}
-        budget = [0] * n
-        count = [0] * n
+        budget, count = [0] * n, [0] * n
         clock, rate, cap = [0] * n, [0] * n, [-1] * n
         ends = []
         for u, k in zip(members, turns):
             budget[u], count[u] = q, k
             ticks, insns = self.pred[u]
-            end = t0[u] + ticks * q * k // insns
+            end = start[u] + ticks * q * k // insns
             ends.append(end)
-            clock[u] = self.clock.ns(t0[u])
+            clock[u] = self.clock.ns(start[u])
             rate[u] = rate_between(clock[u], self.clock.ns(end), q * k)
         round_cap = self.clock.ns(max(ends))
         for u in members:
             cap[u] = round_cap
         parked = sum(1 << u for u in range(n) if self.parked[u] and u < 64)
+        return {"members": list(members), "turns": list(turns), "budget": budget,
+                "count": count, "clock": clock, "rate": rate, "cap": cap,
+                "parked": parked, "round_cap": round_cap}
+
+    # -- one command -----------------------------------------------------------
+
+    def _send_command(self, cmd: tuple[str, dict]) -> None:
+        kind, c = cmd
+        if kind == "step":
+            self._send(c)
+            return
         use_clock = self.bridge.config.clock == "model"
-        self.bridge.send_round(budget, count, parked=parked,
-                               clock=clock if use_clock else None,
-                               rate=rate if use_clock else None,
-                               cap=cap if use_clock else None)
-        report = quantum.finish(self.bridge, self.schedule)
-        last_start, last_end = self._feed_round(report)
+        self.bridge.send_round(c["budget"], c["count"], parked=c["parked"],
+                               clock=c["clock"] if use_clock else None,
+                               rate=c["rate"] if use_clock else None,
+                               cap=c["cap"] if use_clock else None)
+
+    def _observe_step(self, c: dict, report: Report, t0: list[int]) -> None:
+        """One vCPU's command, fed and observed as the exact order does."""
+        v = c["vcpu"]
+        self._cap_ns, self._turns = c["cap"], c["turns"]
+        last_start = self._feed_report(v, report)
         self._note_skew()
-        self._observe_round(members, report, t0, last_start, last_end, round_cap)
-        return self._after(report)
+        self._observe(v, report, t0[v], last_start, int(self.model.K.scal[v, core.T_TIME]))
 
     def _feed_round(self, report: Report) -> tuple[int, int]:
         """Feed a round's turns in simulated-time order; (start, end) of QEMU's last turn."""
@@ -190,7 +276,7 @@ class RoundRun(TimingRun):
             self._feed(report.partial_vcpu, report.partial_records, report.partial_insns)
         return last_start, last_end
 
-    def _observe_round(self, members: list[int], report: Report, t0: dict[int, int],
+    def _observe_round(self, members: list[int], report: Report, t0: list[int],
                        last_start: int, last_end: int, cap_ns: int) -> None:
         """Rates, clock error, parking and wake-ups after a round (the exact order's rules)."""
         scal = self.model.K.scal
