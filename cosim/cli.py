@@ -161,11 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
                      default=0, metavar="N",
                      help="restoring a snapshot without timing state under --timing: run N "
                           "instructions to warm the caches first, not counted")
-    run.add_argument("--order", choices=("exact", "round"), default="exact",
-                     help="with --timing: 'exact' (default) steps one vCPU per bridge round trip, "
-                          "always the one furthest behind in simulated time; 'round' runs every "
-                          "vCPU due within a turn's window in one round trip (faster with "
-                          "several busy vCPUs; the interleaving differs by at most the window)")
+    run.add_argument("--order", choices=("exact", "round"), default=None,
+                     help="with --timing: 'round' (default; a restored snapshot keeps the order "
+                          "it was saved in) runs every vCPU due within a turn's window in one "
+                          "bridge round trip, and QEMU runs the next round while the model "
+                          "feeds the last (the interleaving differs from exact by at most the "
+                          "window); 'exact' steps one vCPU per round trip, always the one "
+                          "furthest behind in simulated time (for coherence studies at a small "
+                          "quantum)")
     run.add_argument("--paused", action="store_true",
                      help="start paused; continue with `cosim resume` (or drive it with Step)")
     run.add_argument("--listen", metavar="HOST:PORT",
@@ -293,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CosimError("--mode fast: the timing model needs trace mode (drop --mode)")
     if args.warmup and not (args.snapshot and args.timing):
         raise CosimError(f"--warmup {args.warmup}: only for restoring a snapshot under --timing")
-    if args.order != "exact" and not args.timing:
+    if args.order is not None and not args.timing:
         raise CosimError(f"--order {args.order}: only under --timing (without it every vCPU "
                          "runs round-robin)")
     timing_cfg = timing_config.load(args.preset, args.config) if args.timing else None

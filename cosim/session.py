@@ -66,8 +66,9 @@ class RunSpec:
     preset: str | None = None
     config_file: Path | None = None
     warmup: int = 0                     # timing without saved timing state: warm-up instructions
-    #: under timing: "exact" steps one vCPU per command (engine), "round" several (rounds)
-    order: str = "exact"
+    #: under timing: "exact" steps one vCPU per command (engine), "round" several (rounds);
+    #: None: the restored snapshot's order, else "round" (see Session.order)
+    order: str | None = None
     save: str | None = None             # snapshot name to save at the end
     force: bool = False
     store: snap.Store = field(default_factory=snap.Store)
@@ -191,8 +192,16 @@ class Session:
         if not (self._stop or self.schedule.exited):
             self.engine.run()
 
+    @property
+    def order(self) -> str:
+        """The order of turns: the one asked for, else the snapshot's (so that a
+        continuation is the straight run's), else round order (the fast one)."""
+        if self.spec.order is not None:
+            return self.spec.order
+        return str((self._resume_engine or {}).get("order", "round"))
+
     def _engine_class(self) -> type[TimingRun]:
-        return RoundRun if self.spec.order == "round" else TimingRun
+        return RoundRun if self.order == "round" else TimingRun
 
     def _build_model(self) -> timing_state.Model:
         assert self.spec.timing is not None
@@ -403,7 +412,7 @@ class Session:
                                     time_base=self.time_base,
                                     parked=engine.parked if engine is not None else None)
         if engine is not None:
-            doc["order"] = self.spec.order
+            doc["order"] = self.order
             doc["max_time_skew_cycles"] = engine.max_time_skew // TICKS_PER_CYCLE
             doc["clock"] = timing_stats.clock_report(engine, self.time_base)
         return doc

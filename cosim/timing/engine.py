@@ -109,6 +109,9 @@ class _Wake(simpy.Event):
 class TimingRun:
     """Drive a bridge in trace mode under the timing model until exit or a limit."""
 
+    #: the order of turns, as a snapshot records it (``cosim run --order``)
+    ORDER = "exact"
+
     def __init__(self, bridge: Bridge, schedule: quantum.Schedule, model: Model,
                  max_insns: int | None = None,
                  on_report: Callable[[Report], bool] | None = None,
@@ -177,7 +180,7 @@ class TimingRun:
 
     def state(self) -> dict:
         """What a snapshot needs to continue the order of turns (see module doc)."""
-        return {"parked": list(self.parked), "wake_at": list(self.wake_at),
+        return {"order": self.ORDER, "parked": list(self.parked), "wake_at": list(self.wake_at),
                 "deadline_ns": self.deadline_ns, "offset_ns": self.clock.offset_ns,
                 "pred": [list(p) for p in self.pred],
                 "last_vclock": self.last_vclock, "max_time_skew": self.max_time_skew,

@@ -52,6 +52,7 @@ from .engine import TimingRun, packed_turns
 class RoundRun(TimingRun):
     """``TimingRun`` in round order: one command for every vCPU due in a window."""
 
+    ORDER = "round"
     #: the command decided before the model fed the last report (see _continuation_of)
     _pending: tuple[str, dict] | None = None
 
