@@ -139,14 +139,16 @@ def _compile_plugin(qb: paths.QemuBuild, source: Path, out: Path, libs: list[str
     if glib.returncode != 0:
         raise CosimError("pkg-config cannot find glib-2.0: install libglib2.0-dev (./setup.sh does)")
     log(f"compiling plugin {out.name}")
+    tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")   # a killed compile leaves no library
     _run(["gcc", "-O2", "-g", "-Wall", "-Wextra", "-Wno-unused-parameter", "-shared", "-fPIC",
-          f"-I{qb.plugin_header_dir}", *glib.stdout.split(), "-o", str(out), str(source), *libs])
+          f"-I{qb.plugin_header_dir}", *glib.stdout.split(), "-o", str(tmp), str(source), *libs])
+    tmp.replace(out)
 
 
 def ensure_plugin(qb: paths.QemuBuild) -> Path:
-    """The cosim TCG plugin, recompiled when its source is newer."""
+    """The cosim TCG plugin (its file name carries its source's hash)."""
     out = paths.plugin_library()
-    if not (out.is_file() and out.stat().st_mtime >= paths.PLUGIN_SOURCE.stat().st_mtime):
+    if not out.is_file():
         _compile_plugin(qb, paths.PLUGIN_SOURCE, out, ["-lmsgpackc"])
     return out
 

@@ -86,5 +86,11 @@ def qemu_build(debian_version: str = QEMU_DEBIAN_VERSION) -> QemuBuild:
 
 
 def plugin_library() -> Path:
-    """The cosim plugin, built against the headers of the patched QEMU."""
-    return REPO / "build" / "plugin" / f"libcosim-{patch_hash()}.so"
+    """The cosim plugin, built against the headers of the patched QEMU.
+
+    Named by the patches and by its own source, so a checkout never loads a
+    plugin built from other source: the plugin and the bridge share a wire
+    format and the trace buffer's layout.
+    """
+    source = hashlib.sha256(PLUGIN_SOURCE.read_bytes()).hexdigest()[:8]
+    return REPO / "build" / "plugin" / f"libcosim-{patch_hash()}-{source}.so"
