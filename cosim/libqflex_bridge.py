@@ -60,7 +60,9 @@ class Turn:
 
     ``records`` (trace mode) are the turn's memory accesses and
     instruction-fetch lines in program order; possibly a view of the shared
-    buffer, valid until the next command: copy to keep.
+    buffer, valid until the report after the next one (the plugin writes
+    the next command's records into the buffer's other half): copy to keep
+    longer.
     """
 
     vcpu: int
@@ -175,6 +177,7 @@ class Bridge:
         self._listener: socket.socket | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self._shm: mmap.mmap | None = None
+        self._half = 0          # the half of the trace buffer the next report's records are in
         self._dir = Path(tempfile.mkdtemp(prefix="cosim-run-"))
         self._console_thread: threading.Thread | None = None
         self._console_stop = threading.Event()
@@ -235,7 +238,8 @@ class Bridge:
         self._listener.bind(str(self._dir / "plugin.sock"))
         self._listener.listen(1)
         if self.config.mode == "trace":
-            size = self.config.shm_records * RECORD_DTYPE.itemsize
+            # two halves, alternating by report (see plugin/cosim.c)
+            size = 2 * self.config.shm_records * RECORD_DTYPE.itemsize
             shm_file = self._dir / "trace.shm"
             with open(shm_file, "wb") as f:
                 f.truncate(size)
@@ -404,6 +408,9 @@ class Bridge:
                 continue
             if kind in ("report", "exit"):
                 turns += self._turn_ends(msg, copy=False)
+                # the plugin writes the next command's records into the other
+                # half, so these stay valid until the report after next
+                self._half ^= 1
                 return self._report(msg, turns)
             raise CosimError(f"unexpected message from the plugin: {msg!r}")
 
@@ -422,7 +429,8 @@ class Bridge:
             return []
         size = RECORD_DTYPE.itemsize
         n = msg["nrec"]
-        view = memoryview(self._shm)[: n * size]
+        first = self._half * self.config.shm_records * size
+        view = memoryview(self._shm)[first:first + n * size]
         recs = np.frombuffer(view, dtype=RECORD_DTYPE, count=n)
         turns = []
         start = 0

@@ -7,8 +7,10 @@
  * per-turn budget and the end-of-round pause request.
  *
  * Arguments: socket=PATH (the bridge listens there), mode=fast|trace,
- * shm=PATH and shm_records=N (trace mode: a file the bridge created and
- * maps too; records of a turn are written there, not sent on the socket),
+ * shm=PATH and shm_records=N (trace mode: a file of 2 * N records the
+ * bridge created and maps too; records of a turn are written there, not
+ * sent on the socket; the two halves of N alternate by report, so the
+ * bridge can still read one report's records while QEMU writes the next),
  * clock=model (the bridge's timing model sets the guest's virtual clock,
  * plugin API 6: the guest lives in simulated time).
  *
@@ -139,7 +141,8 @@ static struct {
     unsigned int nvcpus;
     uint64_t quantum;
 
-    TraceRec *recs;
+    TraceRec *buf;              /* two halves of rec_cap records */
+    TraceRec *recs;             /* the half this report's records go to */
     size_t rec_cap;
     size_t nrec;
     GArray *ends;               /* TurnEnd, trace mode */
@@ -364,6 +367,10 @@ static void send_report(const char *type, int vcpu,
     memset(S.d_yielded, 0, S.nvcpus * sizeof(uint64_t));
     S.d_short = S.d_mismatch = S.d_restarted = S.d_nturns = 0;
     S.nrec = 0;
+    if (S.buf) {
+        /* the bridge may hold these records while the next command runs */
+        S.recs = S.recs == S.buf ? S.buf + S.rec_cap : S.buf;
+    }
 }
 
 static void send_simple(const char *type)
@@ -929,7 +936,7 @@ static int connect_bridge(const char *path)
 
 static int map_trace_buffer(const char *path, size_t records)
 {
-    size_t bytes = records * sizeof(TraceRec);
+    size_t bytes = 2 * records * sizeof(TraceRec);
     int fd = open(path, O_RDWR | O_CLOEXEC);
     void *p;
 
@@ -945,7 +952,7 @@ static int map_trace_buffer(const char *path, size_t records)
                 strerror(errno));
         return -1;
     }
-    S.recs = p;
+    S.buf = S.recs = p;
     S.rec_cap = records;
     return 0;
 }

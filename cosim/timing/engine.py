@@ -226,9 +226,6 @@ class TimingRun:
             self._next_cmd[v] = nxt
             if nxt is not None and self.overlap and self._may_start() \
                     and not (self.hold is not None and self.hold()):
-                for t in report.turn_list:
-                    if t.records is not None:
-                        t.records = t.records.copy()    # QEMU reuses the buffer
                 self._send(nxt)
                 self._in_flight = True
                 self.early_starts += 1

@@ -78,9 +78,6 @@ class RoundRun(TimingRun):
             self._pending = pending
             if pending is not None and self.overlap and self._may_start() \
                     and not (self.hold is not None and self.hold()):
-                for t in report.turn_list:
-                    if t.records is not None:
-                        t.records = t.records.copy()    # QEMU reuses the buffer
                 self._send_command(pending)
                 self._in_flight = True
                 self.early_starts += 1
