@@ -1,0 +1,151 @@
+"""The timing kernels alone: ns per trace record, on traces of real runs.
+
+Runs riscv workloads under ``--timing`` once to record every kernel call
+(the trace records and turn boundaries each call was given), then replays
+those calls on a fresh model, timed, with nothing else running: no QEMU,
+no bridge, no Python between calls. It prints ns per record and a digest
+of everything the kernels computed (cache, core and memory state, every
+turn's ticks), so a change meant to speed the kernels up without changing
+what they compute shows the same digest before and after.
+
+    .venv/bin/python bench/bench_kernels.py [--insns 20000000] [--repeat 3]
+
+Captures are cached under ``build/kernel-traces/`` (delete to re-record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pickle
+import sys
+import time
+import types
+from pathlib import Path
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from cosim import build, quantum  # noqa: E402
+from cosim.libqflex_bridge import Bridge, QemuConfig  # noqa: E402
+from cosim.timing import config as timing_config  # noqa: E402
+from cosim.timing import core, engine, rounds, state, stats  # noqa: E402
+
+RAM_BASE, RAM_SIZE = 0x80000000, 1 << 30
+# (label, guest, harts): streaming, random updates, pointer chase
+CASES = (("stream 1h", "stream-n1m-r8", 1), ("stream 4h", "stream-n1m-r8", 4),
+         ("gups 1h", "gups-ws16m-n8m", 1), ("gups 4h", "gups-ws16m-n8m", 4),
+         ("pchase 1h", "pchase-ws16777216-it400000", 1))
+CACHE = REPO / "build" / "kernel-traces"
+
+
+def _model(kernel: str, smp: int) -> state.Model:
+    return state.build(timing_config.load(), smp, [(RAM_BASE, RAM_SIZE)],
+                       roi=stats.roi_addresses(build.guest_elf(kernel)))
+
+
+def capture(kernel: str, smp: int, insns: int) -> list[tuple[str, tuple]]:
+    """Every kernel call of a round-order run of ``insns`` instructions, inputs copied.
+
+    The engine's modules see a stand-in for ``core`` whose kernels record
+    their inputs; ``core`` itself is left alone, as the compiled kernels
+    call each other through it.
+    """
+    calls: list[tuple[str, tuple]] = []
+
+    def recorder(name: str):
+        kernel_fn = getattr(core, name)
+
+        def wrapper(K, H, *args):
+            calls.append((name, tuple(np.copy(a) if isinstance(a, np.ndarray) else a
+                                      for a in args)))
+            return kernel_fn(K, H, *args)
+        return wrapper
+
+    recording = types.SimpleNamespace(**{k: getattr(core, k) for k in dir(core)
+                                         if not k.startswith("__")})
+    for name in ("run_turn", "run_turns", "run_round"):
+        setattr(recording, name, recorder(name))
+    model = _model(kernel, smp)
+    saved = engine.core, rounds.core
+    engine.core = rounds.core = recording
+    try:
+        with Bridge(QemuConfig(kernel=build.guest_elf(kernel), smp=smp, quantum=1000,
+                                mode="trace", clock="model")) as bridge:
+            rounds.RoundRun(bridge, quantum.Schedule(smp), model, max_insns=insns).run()
+    finally:
+        engine.core, rounds.core = saved
+    return calls
+
+
+def _records(call: tuple[str, tuple]) -> int:
+    """Trace records of one call (every kernel takes them second, after the core)."""
+    return len(call[1][1])
+
+
+def replay(model: state.Model, calls: list[tuple[str, tuple]]) -> tuple[float, str]:
+    """(seconds in the kernels, digest of the model and every output) over ``calls``."""
+    K, H = model.K, model.H
+    h = hashlib.blake2b(digest_size=12)
+    spent = 0.0
+    for name, args in calls:
+        args = tuple(np.copy(a) if isinstance(a, np.ndarray) else a for a in args)
+        t = time.perf_counter()
+        out = getattr(core, name)(K, H, *args)
+        spent += time.perf_counter() - t
+        if name == "run_turn":
+            h.update(np.int64(out).tobytes())
+        elif name == "run_turns":
+            h.update(args[-1].tobytes())
+        else:
+            h.update(args[4].tobytes())
+            h.update(args[5].tobytes())
+    for arrays in (K, H.C, H.Mm, (H.hp, H.pf, H.own)):
+        for a in arrays:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return spent, h.hexdigest()
+
+
+def load(label: str, kernel: str, smp: int, insns: int) -> list[tuple[str, tuple]]:
+    path = CACHE / f"{kernel}-{smp}h-{insns}.pkl"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"  recording {label} ({insns / 1e6:.0f} M insns) ...", flush=True)
+        calls = capture(kernel, smp, insns)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            pickle.dump(calls, f, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.rename(path)
+    with path.open("rb") as f:
+        return pickle.load(f)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--insns", type=int, default=20_000_000, help="instructions per capture")
+    parser.add_argument("--repeat", type=int, default=3, help="replays per case; the fastest counts")
+    parser.add_argument("--case", action="append", help="only these labels (e.g. 'gups 4h')")
+    args = parser.parse_args()
+    print(f"kernels alone on recorded round-order traces, best of {args.repeat}")
+    print(f"{'case':<10} {'Mrecords':>8} {'calls':>7} {'seconds':>8} {'ns/record':>9}  digest")
+    for label, kernel, smp in CASES:
+        if args.case and label not in args.case:
+            continue
+        calls = load(label, kernel, smp, args.insns)
+        nrec = sum(_records(c) for c in calls)
+        results: list[tuple[float, str]] = []
+        for _ in range(args.repeat):
+            results.append(replay(_model(kernel, smp), calls))
+        digests = {d for _, d in results}
+        if len(digests) != 1:
+            print(f"{label}: replays differ: {sorted(digests)}", file=sys.stderr)
+            return 1
+        best = min(s for s, _ in results)
+        print(f"{label:<10} {nrec / 1e6:>8.2f} {len(calls):>7} {best:>8.2f} "
+              f"{best / nrec * 1e9:>9.1f}  {digests.pop()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
