@@ -182,9 +182,38 @@ def guest_elf(name: str) -> Path:
     return path
 
 
+#: small detailed runs that together call every kernel with the types real runs use
+_KERNEL_WARMUPS = ((1, "round"), (2, "round"), (2, "exact"))
+
+
+def ensure_kernels() -> None:
+    """Compile the timing model's numba kernels once per version of their sources.
+
+    Compiled on first use otherwise, which would make a user's first
+    ``--timing`` run (or a test) sit silent for minutes: numba inlines the
+    whole hierarchy into the per-turn kernel, which is what makes it fast
+    and its compile slow. Small real runs compile exactly the signatures
+    real runs need; the result lands in ``timing.kernel_cache_dir()``.
+    """
+    from .timing import kernel_cache_dir
+
+    done = kernel_cache_dir() / "compiled"
+    if done.is_file():
+        return
+    log(f"compiling the timing kernels into {kernel_cache_dir()} "
+        "(once per version; about 3 minutes on 2 cores)")
+    started = time.monotonic()
+    for smp, order in _KERNEL_WARMUPS:
+        _run([sys.executable, "-m", "cosim.cli", "run", "--kernel", "spinlock-n200", "--smp",
+              str(smp), "--timing", "--order", order, "--max-insns", "200000"], cwd=paths.REPO)
+    done.write_text(f"{time.monotonic() - started:.0f} s\n")
+    log(f"timing kernels compiled in {time.monotonic() - started:.0f} s")
+
+
 def build_all() -> None:
     """Everything ``cosim run`` needs, each step cached."""
     qb = ensure_qemu()
     ensure_plugin(qb)
     ensure_guests()
+    ensure_kernels()
     log("all built")

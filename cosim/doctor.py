@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass
 
 from . import paths
+from .timing import kernel_cache_dir
 
 SETUP = "./setup.sh"
 
@@ -45,7 +46,7 @@ def checks() -> list[Check]:
                            f"apt-get install {pkg}  (or {SETUP})"))
     for module in ("simpy", "msgpack", "grpc", "google.protobuf", "numpy", "qemu.qmp",
                    "elftools", "tqdm", "mesonbuild", "platformdirs", "grpc_tools", "numba",
-                   "pytest"):
+                   "xxhash", "pytest"):
         spec = importlib.util.find_spec(module.split(".")[0])
         found.append(Check(f"python:{module}", spec is not None,
                            (spec.origin or "namespace") if spec else "missing",
@@ -64,6 +65,9 @@ def checks() -> list[Check]:
     guests = sorted(paths.GUEST_BUILD.glob("*.elf"))
     found.append(Check("riscv64 guests", bool(guests),
                        f"{paths.GUEST_BUILD} ({len(guests)} ELFs)", ".venv/bin/cosim build"))
+    kernels = kernel_cache_dir()
+    found.append(Check("timing kernels (numba, compiled)", (kernels / "compiled").is_file(),
+                       str(kernels), ".venv/bin/cosim build"))
     return found
 
 

@@ -5,3 +5,30 @@ numpy arrays), ``caches`` / ``hierarchy`` / ``memory`` / ``core`` (numba
 kernels over those arrays: one call per vCPU turn), ``engine`` (SimPy:
 simulated time picks the next vCPU), ``stats`` and ``plots`` (reports).
 """
+
+import hashlib
+import os
+from pathlib import Path
+
+from .. import paths
+
+
+def kernel_cache_dir() -> Path:
+    """Where numba keeps the compiled kernels: a directory per version of their sources.
+
+    Numba's own cache checks only the file that defines a cached function,
+    but the kernels inline each other across modules (``core.run_turn``
+    compiles ``hierarchy``, ``caches`` and ``memory`` into itself), so an
+    edit of one of those would leave stale machine code in use, and stale
+    code computes other cycle counts. Keying the directory by every
+    kernel source makes any change compile afresh.
+    """
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in ("caches.py", "hierarchy.py", "memory.py", "core.py"):
+        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return paths.cache_root() / "numba" / h.hexdigest()[:12]
+
+
+# numba reads this when it is first imported, which the kernel modules do
+os.environ.setdefault("NUMBA_CACHE_DIR", str(kernel_cache_dir()))

@@ -293,7 +293,9 @@ def run_round(K: CoreArrays, H: Hier, vcpus: np.ndarray, recs: np.ndarray,
         head[c] = t
     sc = K.scal
     for _ in range(nt):
-        best = -1
+        # np.int64, not a literal -1: numba would also compile run_turn (and
+        # the whole hierarchy inlined into it) for a core of type Literal[-1]
+        best = np.int64(-1)
         for c in range(ncores):
             if head[c] >= 0 and (best < 0 or sc[c, T_TIME] < sc[best, T_TIME]):
                 best = c
