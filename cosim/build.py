@@ -187,7 +187,7 @@ _KERNEL_WARMUPS = ((1, "round"), (2, "round"), (2, "exact"))
 
 
 def ensure_kernels() -> None:
-    """Compile the timing model's numba kernels once per version of their sources.
+    """Compile the timing model's numba kernels once per checkout of their sources.
 
     Compiled on first use otherwise, which would make a user's first
     ``--timing`` run (or a test) sit silent for minutes: numba inlines the
@@ -195,13 +195,13 @@ def ensure_kernels() -> None:
     and its compile slow. Small real runs compile exactly the signatures
     real runs need; the result lands in ``timing.kernel_cache_dir()``.
     """
-    from .timing import kernel_cache_dir
+    from .timing import kernel_cache_dir, kernels_compiled_marker
 
-    done = kernel_cache_dir() / "compiled"
+    done = kernels_compiled_marker()
     if done.is_file():
         return
     log(f"compiling the timing kernels into {kernel_cache_dir()} "
-        "(once per version; about 3 minutes on 2 cores)")
+        "(once per checkout of these sources; about 3 minutes on 2 cores)")
     started = time.monotonic()
     for smp, order in _KERNEL_WARMUPS:
         _run([sys.executable, "-m", "cosim.cli", "run", "--kernel", "spinlock-n200", "--smp",

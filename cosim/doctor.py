@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 
 from . import paths
-from .timing import kernel_cache_dir
+from .timing import kernel_cache_dir, kernels_compiled_marker
 
 SETUP = "./setup.sh"
 
@@ -66,7 +66,7 @@ def checks() -> list[Check]:
     found.append(Check("riscv64 guests", bool(guests),
                        f"{paths.GUEST_BUILD} ({len(guests)} ELFs)", ".venv/bin/cosim build"))
     kernels = kernel_cache_dir()
-    found.append(Check("timing kernels (numba, compiled)", (kernels / "compiled").is_file(),
+    found.append(Check("timing kernels (numba, compiled)", kernels_compiled_marker().is_file(),
                        str(kernels), ".venv/bin/cosim build"))
     return found
 

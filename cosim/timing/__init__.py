@@ -13,6 +13,23 @@ from pathlib import Path
 from .. import paths
 
 
+KERNEL_SOURCES = ("caches.py", "hierarchy.py", "memory.py", "core.py")
+
+
+def kernels_compiled_marker() -> Path:
+    """The file ``cosim build`` leaves once the kernels of this checkout are compiled.
+
+    Numba also checks each source's path and modification time, so a fresh
+    clone of the same sources compiles again: the marker is named by them.
+    """
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in KERNEL_SOURCES:
+        st = (here / name).stat()
+        h.update(f"{here / name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
+    return kernel_cache_dir() / f"compiled-{h.hexdigest()[:12]}"
+
+
 def kernel_cache_dir() -> Path:
     """Where numba keeps the compiled kernels: a directory per version of their sources.
 
@@ -25,7 +42,7 @@ def kernel_cache_dir() -> Path:
     """
     h = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ("caches.py", "hierarchy.py", "memory.py", "core.py"):
+    for name in KERNEL_SOURCES:
         h.update(name.encode() + b"\0" + (here / name).read_bytes())
     return paths.cache_root() / "numba" / h.hexdigest()[:12]
 
