@@ -13,7 +13,10 @@ from pathlib import Path
 from .. import paths
 
 
-KERNEL_SOURCES = ("caches.py", "hierarchy.py", "memory.py", "core.py")
+def _kernel_sources() -> list[Path]:
+    """The modules that hold numba kernels (each compiles the others' into itself)."""
+    here = Path(__file__).parent
+    return [here / name for name in ("caches.py", "hierarchy.py", "memory.py", "core.py")]
 
 
 def kernels_compiled_marker() -> Path:
@@ -23,10 +26,9 @@ def kernels_compiled_marker() -> Path:
     clone of the same sources compiles again: the marker is named by them.
     """
     h = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in KERNEL_SOURCES:
-        st = (here / name).stat()
-        h.update(f"{here / name}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
+    for path in _kernel_sources():
+        st = path.stat()
+        h.update(f"{path}\0{st.st_mtime_ns}\0{st.st_size}\0".encode())
     return kernel_cache_dir() / f"compiled-{h.hexdigest()[:12]}"
 
 
@@ -41,9 +43,8 @@ def kernel_cache_dir() -> Path:
     kernel source makes any change compile afresh.
     """
     h = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in KERNEL_SOURCES:
-        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    for path in _kernel_sources():
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
     return paths.cache_root() / "numba" / h.hexdigest()[:12]
 
 
