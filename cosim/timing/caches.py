@@ -95,21 +95,25 @@ def victim(C: CacheArrays, cid: int, key: int) -> int:
     """Slot to fill in the set of ``key``: an invalid way, else by policy."""
     base = set_base(C, cid, key)
     ways = C.geom[cid, G_WAYS]
+    if C.geom[cid, G_POLICY] != POLICY_RANDOM:
+        # one pass: the first invalid way, else the oldest stamp (first on ties)
+        best = base
+        for w in range(ways):
+            j = base + w
+            if C.state[j] == I:
+                return j
+            if C.stamp[j] < C.stamp[best]:
+                best = j
+        return best
     for w in range(ways):
         if C.state[base + w] == I:
             return base + w
-    if C.geom[cid, G_POLICY] == POLICY_RANDOM:
-        x = C.rng[cid]
-        x ^= x << np.uint64(13)
-        x ^= x >> np.uint64(7)
-        x ^= x << np.uint64(17)
-        C.rng[cid] = x
-        return base + int(x % np.uint64(ways))
-    best = base
-    for w in range(1, ways):
-        if C.stamp[base + w] < C.stamp[best]:
-            best = base + w
-    return best
+    x = C.rng[cid]
+    x ^= x << np.uint64(13)
+    x ^= x >> np.uint64(7)
+    x ^= x << np.uint64(17)
+    C.rng[cid] = x
+    return base + int(x % np.uint64(ways))
 
 
 @njit(_nrt=False, cache=True, inline="always")

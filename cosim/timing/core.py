@@ -92,6 +92,12 @@ def allocate(ncores: int, rob: int, mlp: int, store_buffer: int,
     )
 
 
+@njit(_nrt=False, cache=True, inline="always")
+def _wrap(i: int, n: int) -> int:
+    """``i % n`` for ``0 <= i < 2n``: ring indices, without a division per record."""
+    return i - n if i >= n else i
+
+
 @njit(_nrt=False, cache=True)
 def _take_mshr(K: CoreArrays, c: int, t: int) -> tuple:
     """The MSHR that frees first, and when the miss can issue."""
@@ -120,7 +126,7 @@ def _data_access(K: CoreArrays, H: Hier, c: int, line: int, write: bool, issue: 
             return C.ready[j], LEVEL_CAT[C.src[j]]
         return done, CAT_L1D
     slot, issue = _take_mshr(K, c, issue)
-    lat, level = hierarchy.access(H, c, line, write, False, issue)
+    lat, level = hierarchy.access(H, c, line, write, False, issue, j)
     K.mshr[c, slot] = issue + lat
     return issue + lat, LEVEL_CAT[level]
 
@@ -176,7 +182,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
                 K.cpi[c, K.fifo_cat[c, head]] += done - now
                 stall += done - now
                 now = done
-            head = (head + 1) % rob
+            head = _wrap(head + 1, rob)
             count -= 1
         if fl & FLAG_IO and not memory.in_ram(H.Mm, a):
             # device register: uncached and serialising
@@ -187,8 +193,9 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
         line = a >> shift
         if k == KIND_IFETCH:
             sc[c, T_FETCHES] += 1
-            if hierarchy.l1_hit(H, c, line, False, True) < 0:
-                lat, level = hierarchy.access(H, c, line, False, True, now)
+            miss = hierarchy.l1_hit(H, c, line, False, True)
+            if miss < 0:
+                lat, level = hierarchy.access(H, c, line, False, True, now, miss)
                 if lat > l1i_lat:
                     K.cpi[c, CAT_L1I] += lat - l1i_lat
                     stall += lat - l1i_lat
@@ -206,7 +213,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
             if done > now + l1d_lat:
                 # entries older than rob instructions were retired above, so
                 # at most rob - 1 remain and the ring has room
-                tail = (head + count) % rob
+                tail = _wrap(head + count, rob)
                 K.fifo_idx[c, tail] = ai
                 K.fifo_done[c, tail] = done
                 K.fifo_cat[c, tail] = cat
@@ -220,14 +227,14 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
             # stores that have left the buffer free their entries; a full
             # buffer stalls dispatch until its oldest store leaves
             while sbcount > 0 and K.sb_done[c, sbhead] <= now:
-                sbhead = (sbhead + 1) % sbsize
+                sbhead = _wrap(sbhead + 1, sbsize)
                 sbcount -= 1
             if sbcount == sbsize:
                 done = K.sb_done[c, sbhead]
                 K.cpi[c, K.sb_cat[c, sbhead]] += done - now
                 stall += done - now
                 now = done
-                sbhead = (sbhead + 1) % sbsize
+                sbhead = _wrap(sbhead + 1, sbsize)
                 sbcount -= 1
             # a store hit is done when it has the line: 0 cycles after issue
             done, cat = _data_access(K, H, c, line, True, now, 0)
@@ -236,8 +243,9 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
                 done = sblast
                 cat = sblast_cat
             if done > now:
-                K.sb_done[c, (sbhead + sbcount) % sbsize] = done
-                K.sb_cat[c, (sbhead + sbcount) % sbsize] = cat
+                slot = _wrap(sbhead + sbcount, sbsize)
+                K.sb_done[c, slot] = done
+                K.sb_cat[c, slot] = cat
                 sbcount += 1
                 sblast = done
                 sblast_cat = cat

@@ -84,12 +84,16 @@ def _llc(H: Hier, line: int) -> tuple:
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def _drop_private(H: Hier, core: int, line: int) -> int:
-    """Remove ``line`` from a core's L1I, L1D and L2; returns its old L2 state."""
+def _drop_private(H: Hier, core: int, line: int, j2: int) -> int:
+    """Remove ``line`` from a core's L1I, L1D and L2 slot ``j2``; returns its old state.
+
+    Every caller has just found the line's L2 slot, so only the L1s are searched.
+    """
     C = H.C
     n = H.hp[H_NCORES]
-    old = I
-    for cid in (core, n + core, 2 * n + core):
+    old = C.state[j2]
+    C.state[j2] = I
+    for cid in (core, n + core):
         j = find(C, cid, line, line)
         if j >= 0:
             if C.state[j] > old:
@@ -140,8 +144,9 @@ def _llc_fill(H: Hier, line: int, state: int, t: int) -> None:
         if H.hp[H_INCLUSIVE]:
             n = H.hp[H_NCORES]
             for o in range(n):
-                if find(C, 2 * n + o, old, old) >= 0:
-                    if _drop_private(H, o, old) == M:
+                jo = find(C, 2 * n + o, old, old)
+                if jo >= 0:
+                    if _drop_private(H, o, old, jo) == M:
                         dirty = True
                     C.stats[2 * n + o, CS_INVALIDATIONS] += 1
         if dirty:
@@ -180,7 +185,7 @@ def _fill_l2(H: Hier, core: int, line: int, state: int, t: int, ready: int, src:
     j = victim(C, cid, line)
     if C.state[j] != I:
         old = C.tags[j]
-        if _drop_private(H, core, old) == M:
+        if _drop_private(H, core, old, j) == M:
             C.stats[cid, CS_WRITEBACKS] += 1
             _llc_write(H, old, t)
     install(C, j, line, state, ready, src)
@@ -193,8 +198,11 @@ def _invalidate_others(H: Hier, core: int, line: int, t: int) -> bool:
     n = H.hp[H_NCORES]
     dirty = False
     for o in range(n):
-        if o != core and find(C, 2 * n + o, line, line) >= 0:
-            if _drop_private(H, o, line) == M:
+        if o == core:
+            continue
+        jo = find(C, 2 * n + o, line, line)
+        if jo >= 0:
+            if _drop_private(H, o, line, jo) == M:
                 dirty = True
                 C.stats[2 * n + o, CS_WRITEBACKS] += 1
                 _llc_write(H, line, t)
@@ -207,7 +215,9 @@ def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool) -> int:
     """Fast path: a read hit, or a write hit on an owned line, in the L1.
 
     Returns the slot (its ``ready`` time says whether the data are still in
-    flight), or -1 when ``access`` must serve it.
+    flight); else ``access`` must serve it and is handed the miss code:
+    -1 when the line is absent, ``-2 - slot`` for a write to a line held
+    shared (so ``access`` need not search the L1 again).
     """
     C = H.C
     n = H.hp[H_NCORES]
@@ -217,7 +227,7 @@ def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool) -> int:
         return -1
     if write:
         if C.state[j] < E:
-            return -1
+            return -2 - j
         if C.state[j] == E:
             _set_private_state(H, core, line, M)
     C.stats[cid, CS_ACCESSES] += 1
@@ -362,13 +372,17 @@ def _serve_miss(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int
 
 
 @njit(_nrt=False, cache=True, inline="never")
-def access(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int) -> tuple:
-    """Serve an access that the L1 fast path did not; returns (latency ticks, level)."""
+def access(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int,
+           miss: int) -> tuple:
+    """Serve an access that the L1 fast path did not; returns (latency ticks, level).
+
+    ``miss`` is what ``l1_hit`` returned for it.
+    """
     C = H.C
     l1 = core if ifetch else H.hp[H_NCORES] + core
     C.stats[l1, CS_ACCESSES] += 1
-    j1 = find(C, l1, line, line)
-    if j1 >= 0:
+    if miss <= -2:
+        j1 = -2 - miss
         # a write to a line held shared: upgrade, invalidating the other
         # copies, once the line's data are here
         _invalidate_others(H, core, line, t)
