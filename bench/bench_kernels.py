@@ -8,7 +8,14 @@ of everything the kernels computed (cache, core and memory state, every
 turn's ticks), so a change meant to speed the kernels up without changing
 what they compute shows the same digest before and after.
 
-    .venv/bin/python bench/bench_kernels.py [--insns 20000000] [--repeat 3]
+    .venv/bin/python bench/bench_kernels.py [--insns 20000000] [--repeat 3] [--against REV]
+
+``--against REV`` replays the same calls on the kernels of git revision
+REV too, alternating with this checkout's in one run (this machine is
+shared, so only times measured side by side compare), and prints the
+ratio and whether the two computed the same digest. REV's kernel modules
+are extracted under ``build/kernel-ab/`` as a package of their own, with
+numba's cache beside them, so they compile once.
 
 Captures are cached under ``build/kernel-traces/`` (delete to re-record).
 """
@@ -17,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import pickle
+import subprocess
 import sys
 import time
 import types
 from pathlib import Path
+
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +48,8 @@ CASES = (("stream 1h", "stream-n1m-r8", 1), ("stream 4h", "stream-n1m-r8", 4),
          ("gups 1h", "gups-ws16m-n8m", 1), ("gups 4h", "gups-ws16m-n8m", 4),
          ("pchase 1h", "pchase-ws16777216-it400000", 1))
 CACHE = REPO / "build" / "kernel-traces"
+AB = REPO / "build" / "kernel-ab"
+KERNEL_MODULES = ("caches", "hierarchy", "memory", "core")
 
 
 def _model(kernel: str, smp: int) -> state.Model:
@@ -84,7 +96,28 @@ def _records(call: tuple[str, tuple]) -> int:
     return len(call[1][1])
 
 
-def replay(model: state.Model, calls: list[tuple[str, tuple]]) -> tuple[float, str]:
+def kernels_of(rev: str) -> types.ModuleType:
+    """The ``core`` kernel module of git revision ``rev``, imported as a package of its own."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO,
+                         capture_output=True, text=True)
+    if sha.returncode != 0:
+        raise SystemExit(f"bench_kernels: --against {rev!r} is not a git revision of {REPO}")
+    name = f"kernels_{sha.stdout.strip()[:12]}"
+    package = AB / name
+    if not (package / "__init__.py").exists():
+        package.mkdir(parents=True, exist_ok=True)
+        for module in KERNEL_MODULES:
+            source = subprocess.run(["git", "show", f"{rev}:cosim/timing/{module}.py"], cwd=REPO,
+                                    check=True, capture_output=True).stdout
+            (package / f"{module}.py").write_bytes(source)
+        (package / "__init__.py").write_text(f"# kernels of {rev}, for bench_kernels --against\n")
+    if str(AB) not in sys.path:
+        sys.path.insert(0, str(AB))
+    return importlib.import_module(f"{name}.core")
+
+
+def replay(model: state.Model, calls: list[tuple[str, tuple]],
+           kernels: types.ModuleType = core) -> tuple[float, str]:
     """(seconds in the kernels, digest of the model and every output) over ``calls``."""
     K, H = model.K, model.H
     h = hashlib.blake2b(digest_size=12)
@@ -92,7 +125,7 @@ def replay(model: state.Model, calls: list[tuple[str, tuple]]) -> tuple[float, s
     for name, args in calls:
         args = tuple(np.copy(a) if isinstance(a, np.ndarray) else a for a in args)
         t = time.perf_counter()
-        out = getattr(core, name)(K, H, *args)
+        out = getattr(kernels, name)(K, H, *args)
         spent += time.perf_counter() - t
         if name == "run_turn":
             h.update(np.int64(out).tobytes())
@@ -126,24 +159,37 @@ def main() -> int:
     parser.add_argument("--insns", type=int, default=20_000_000, help="instructions per capture")
     parser.add_argument("--repeat", type=int, default=3, help="replays per case; the fastest counts")
     parser.add_argument("--case", action="append", help="only these labels (e.g. 'gups 4h')")
+    parser.add_argument("--against", metavar="REV", help="also time the kernels of git revision REV")
     args = parser.parse_args()
+    versions = {"this": core}
+    if args.against:
+        versions[args.against] = kernels_of(args.against)
     print(f"kernels alone on recorded round-order traces, best of {args.repeat}")
-    print(f"{'case':<10} {'Mrecords':>8} {'calls':>7} {'seconds':>8} {'ns/record':>9}  digest")
+    cols = "".join(f" {'ns/rec ' + v:>16}" for v in versions)
+    print(f"{'case':<10} {'Mrecords':>8} {'calls':>7}{cols}  digest")
     for label, kernel, smp in CASES:
         if args.case and label not in args.case:
             continue
         calls = load(label, kernel, smp, args.insns)
         nrec = sum(_records(c) for c in calls)
-        results: list[tuple[float, str]] = []
+        results: dict[str, list[tuple[float, str]]] = {v: [] for v in versions}
         for _ in range(args.repeat):
-            results.append(replay(_model(kernel, smp), calls))
-        digests = {d for _, d in results}
-        if len(digests) != 1:
-            print(f"{label}: replays differ: {sorted(digests)}", file=sys.stderr)
+            for v, kernels in versions.items():
+                results[v].append(replay(_model(kernel, smp), calls, kernels))
+        digests = {v: {d for _, d in r} for v, r in results.items()}
+        if any(len(d) != 1 for d in digests.values()):
+            print(f"{label}: replays differ: {digests}", file=sys.stderr)
             return 1
-        best = min(s for s, _ in results)
-        print(f"{label:<10} {nrec / 1e6:>8.2f} {len(calls):>7} {best:>8.2f} "
-              f"{best / nrec * 1e9:>9.1f}  {digests.pop()}", flush=True)
+        digest = {v: d.pop() for v, d in digests.items()}
+        best = {v: min(s for s, _ in r) for v, r in results.items()}
+        line = f"{label:<10} {nrec / 1e6:>8.2f} {len(calls):>7}"
+        line += "".join(f" {best[v] / nrec * 1e9:>16.1f}" for v in versions)
+        line += f"  {digest['this']}"
+        if args.against:
+            same = digest[args.against] == digest["this"]
+            line += (f"  this/{args.against} = {best['this'] / best[args.against]:.2f}, "
+                     f"digest {'same' if same else 'DIFFERS'}")
+        print(line, flush=True)
     return 0
 
 

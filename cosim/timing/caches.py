@@ -96,15 +96,18 @@ def victim(C: CacheArrays, cid: int, key: int) -> int:
     base = set_base(C, cid, key)
     ways = C.geom[cid, G_WAYS]
     if C.geom[cid, G_POLICY] != POLICY_RANDOM:
-        # one pass: the first invalid way, else the oldest stamp (first on ties)
-        best = base
+        # the first invalid way, else the first with the oldest stamp; the
+        # minimum is taken without a branch per way, then looked up
+        oldest = C.stamp[base]
         for w in range(ways):
             j = base + w
             if C.state[j] == I:
                 return j
-            if C.stamp[j] < C.stamp[best]:
-                best = j
-        return best
+            oldest = min(oldest, C.stamp[j])
+        j = base
+        while C.stamp[j] != oldest:
+            j += 1
+        return j
     for w in range(ways):
         if C.state[base + w] == I:
             return base + w

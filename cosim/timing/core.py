@@ -100,35 +100,40 @@ def _wrap(i: int, n: int) -> int:
 
 @njit(_nrt=False, cache=True)
 def _take_mshr(K: CoreArrays, c: int, t: int) -> tuple:
-    """The MSHR that frees first, and when the miss can issue."""
-    slot = 0
+    """The MSHR that frees first (the first such), and when the miss can issue.
+
+    The minimum is taken without a branch per entry, then looked up: a
+    data-dependent branch per entry mispredicts.
+    """
     free = K.mshr[c, 0]
     for s in range(1, K.mshr.shape[1]):
-        if K.mshr[c, s] < free:
-            free = K.mshr[c, s]
-            slot = s
+        free = min(free, K.mshr[c, s])
+    slot = 0
+    while K.mshr[c, slot] != free:
+        slot += 1
     return slot, (free if free > t else t)
 
 
 @njit(_nrt=False, cache=True, inline="always")
 def _data_access(K: CoreArrays, H: Hier, c: int, line: int, write: bool, issue: int,
-                 hit_lat: int) -> tuple:
-    """(completion time, CPI category) of a load or store issued at ``issue``.
+                 hit_lat: int, hint: int) -> tuple:
+    """(completion time, CPI category, L1D slot hit or -1) of a load or store issued at ``issue``.
 
     An L1 hit completes after ``hit_lat`` unless its line is still in flight;
-    a miss takes an MSHR and goes down the hierarchy.
+    a miss takes an MSHR and goes down the hierarchy. ``hint``: see
+    ``hierarchy.l1_hit``.
     """
     C = H.C
-    j = hierarchy.l1_hit(H, c, line, write, False)
+    j = hierarchy.l1_hit(H, c, line, write, False, hint)
     if j >= 0:
         done = issue + hit_lat
         if C.ready[j] > done:
-            return C.ready[j], LEVEL_CAT[C.src[j]]
-        return done, CAT_L1D
+            return C.ready[j], LEVEL_CAT[C.src[j]], j
+        return done, CAT_L1D, j
     slot, issue = _take_mshr(K, c, issue)
     lat, level = hierarchy.access(H, c, line, write, False, issue, j)
     K.mshr[c, slot] = issue + lat
-    return issue + lat, LEVEL_CAT[level]
+    return issue + lat, LEVEL_CAT[level], -1
 
 
 @njit(_nrt=False, cache=True)
@@ -167,6 +172,8 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
     sblast = sc[c, T_SBLAST]
     sblast_cat = sc[c, T_SBLAST_CAT]
     stall = 0
+    ihint = -1      # L1I / L1D slots the last fetch / data access hit
+    dhint = -1
     for r in range(recs.shape[0]):
         rec = recs[r]
         i = np.int64(rec.idx)
@@ -193,7 +200,8 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
         line = a >> shift
         if k == KIND_IFETCH:
             sc[c, T_FETCHES] += 1
-            miss = hierarchy.l1_hit(H, c, line, False, True)
+            miss = hierarchy.l1_hit(H, c, line, False, True, ihint)
+            ihint = miss
             if miss < 0:
                 lat, level = hierarchy.access(H, c, line, False, True, now, miss)
                 if lat > l1i_lat:
@@ -207,7 +215,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
                 producer = K.ld_done[c, (ldhead - (dep - 1)) % LD_RING]
                 if producer > issue:
                     issue = producer
-            done, cat = _data_access(K, H, c, line, False, issue, l1d_lat)
+            done, cat, dhint = _data_access(K, H, c, line, False, issue, l1d_lat, dhint)
             ldhead = (ldhead + 1) % LD_RING
             K.ld_done[c, ldhead] = done
             if done > now + l1d_lat:
@@ -237,7 +245,7 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
                 sbhead = _wrap(sbhead + 1, sbsize)
                 sbcount -= 1
             # a store hit is done when it has the line: 0 cycles after issue
-            done, cat = _data_access(K, H, c, line, True, now, 0)
+            done, cat, dhint = _data_access(K, H, c, line, True, now, 0, dhint)
             if done < sblast:
                 # in program order: it leaves after the store ahead of it
                 done = sblast

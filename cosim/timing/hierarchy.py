@@ -211,8 +211,13 @@ def _invalidate_others(H: Hier, core: int, line: int, t: int) -> bool:
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool) -> int:
+def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool, hint: int) -> int:
     """Fast path: a read hit, or a write hit on an owned line, in the L1.
+
+    ``hint`` is a slot of that L1 to try before searching the set (the one
+    the core's previous access of the kind hit, or -1): consecutive
+    accesses often touch one line, and a slot holding the line is the
+    only one that can, so the answer is the same.
 
     Returns the slot (its ``ready`` time says whether the data are still in
     flight); else ``access`` must serve it and is handed the miss code:
@@ -222,9 +227,12 @@ def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool) -> int:
     C = H.C
     n = H.hp[H_NCORES]
     cid = core if ifetch else n + core
-    j = find(C, cid, line, line)
-    if j < 0:
-        return -1
+    if hint >= 0 and C.tags[hint] == line and C.state[hint] != I:
+        j = hint
+    else:
+        j = find(C, cid, line, line)
+        if j < 0:
+            return -1
     if write:
         if C.state[j] < E:
             return -2 - j
@@ -265,19 +273,21 @@ def _prefetch(H: Hier, core: int, line: int, t: int) -> None:
     pf = H.pf
     streams = H.hp[H_PF_STREAMS]
     H.C.clock[0] += 1
+    # one pass: the first stream this miss continues, and the least
+    # recently used one in case none does
     s = -1
+    lru = 0
     for k in range(streams):
         d = line - pf[core, k, PF_LAST]
         if 0 < d <= PF_WINDOW:
             s = k
             break
+        if pf[core, k, PF_STAMP] < pf[core, lru, PF_STAMP]:
+            lru = k
     if s < 0:
         # a new stream replaces the least recently used one; it prefetches
         # from its second miss on
-        s = 0
-        for k in range(1, streams):
-            if pf[core, k, PF_STAMP] < pf[core, s, PF_STAMP]:
-                s = k
+        s = lru
         pf[core, s, PF_LAST] = line
         pf[core, s, PF_NEXT] = line + 1
         pf[core, s, PF_STAMP] = H.C.clock[0]
