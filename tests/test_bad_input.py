@@ -58,3 +58,31 @@ def test_qemu_not_built(tmp_path, no_leftover_qemu: None) -> None:
 
 def test_bad_mode(no_leftover_qemu: None) -> None:
     one_line_error(cosim("run", "--mode", "slow"), "slow", "fast", "trace")
+
+
+def test_config_that_is_a_directory(tmp_path) -> None:
+    one_line_error(cosim("config", "show", "--config", str(tmp_path)), str(tmp_path),
+                   "is a directory")
+
+
+def test_config_that_is_not_utf8(tmp_path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'[cxl]\n# caf\xe9\ndevice_latency_ns = 200\n')
+    one_line_error(cosim("config", "show", "--config", str(bad)), str(bad), "not UTF-8")
+
+
+def test_closed_pipe_ends_quietly() -> None:
+    """`cosim config show | head -0`: nobody reads the output; no traceback, SIGPIPE status."""
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    read_end, write_end = os.pipe()
+    os.close(read_end)              # the reader is gone before cosim writes a byte
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cosim.cli", "config", "show"], cwd=REPO,
+                              stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == b"", proc.stderr.decode()
+    assert proc.returncode == 141

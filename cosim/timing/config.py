@@ -303,9 +303,17 @@ def load(preset: str | None = None, path: Path | None = None) -> Config:
         cfg = _apply(cfg, PRESETS[preset], f"preset {preset}")
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text())
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CosimError(f"--config {path}: no such file") from None
+        except IsADirectoryError:
+            raise CosimError(f"--config {path}: is a directory; give a TOML file "
+                             "(see `cosim config show`)") from None
+        except PermissionError:
+            raise CosimError(f"--config {path}: permission denied") from None
+        except UnicodeDecodeError as e:
+            raise CosimError(f"--config {path}: not UTF-8 text (byte {e.start}); "
+                             "a TOML file is UTF-8") from None
         except tomllib.TOMLDecodeError as e:
             raise CosimError(f"--config {path}: not valid TOML: {e}") from None
         cfg = _apply(cfg, data, str(path))
