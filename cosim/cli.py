@@ -301,6 +301,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.order is not None and not args.timing:
         raise CosimError(f"--order {args.order}: only under --timing (without it every vCPU "
                          "runs round-robin)")
+    if args.args and not args.workload:
+        # without a workload the guest would idle until --max-insns
+        raise CosimError(f"--args {args.args!r}: give the --workload they are for "
+                         "(cosim guest build lists them)")
     timing_cfg = timing_config.load(args.preset, args.config) if args.timing else None
     snapshot = restorable(store, args) if args.snapshot else None
     board = None
@@ -510,6 +514,9 @@ def boot_request(args: argparse.Namespace, save: str, force: bool, console: Path
                  store: snap.Store) -> "BootRequest":
     from . import linux_flow
     node = parse_size(args.node_memory, "--node-memory")
+    if node % (1 << 20):
+        raise CosimError(f"--node-memory {args.node_memory}: NUMA nodes are whole MiB "
+                         "(e.g. 512M, 1G)")
     cxl = parse_size(args.cxl, "--cxl") if getattr(args, "cxl", None) else 0
     hmat = timing_config.load(args.preset, args.config)
     return linux_flow.BootRequest(

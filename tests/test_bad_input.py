@@ -86,3 +86,14 @@ def test_closed_pipe_ends_quietly() -> None:
         os.close(write_end)
     assert proc.stderr == b"", proc.stderr.decode()
     assert proc.returncode == 141
+
+
+def test_args_without_workload(no_leftover_qemu: None) -> None:
+    """The guest would idle until --max-insns: refuse before anything starts."""
+    one_line_error(cosim("run", "--snapshot", "boot_done", "--args", "-s 1M"), "--args '-s 1M'",
+                   "--workload")
+
+
+def test_node_memory_not_whole_mib(no_leftover_qemu: None) -> None:
+    one_line_error(cosim("boot", "--save", "never-made", "--node-memory", "1000K"),
+                   "--node-memory 1000K", "whole MiB")
