@@ -103,7 +103,11 @@ def workload_command(workloads: Sequence[str], name: str, args: str, numa: str |
 
 def board_of(s: snap.Snapshot, command: str) -> LinuxBoard:
     """The snapshot's machine with this run's command; refused if the guest image changed."""
-    desc = s.manifest["guest"]["board"]
+    desc = s.manifest["guest"].get("board")
+    if desc is None:
+        raise CosimError(f"snapshot {s.name}: not a Linux boot (its guest is "
+                         f"{Path(s.manifest['guest'].get('kernel', '?')).name}); "
+                         "make one with: cosim boot --save NAME")
     board = LinuxBoard.from_description(desc, command)
     for path, key in ((board.initrd, "initrd_blake2b"),):
         if not path.is_file():

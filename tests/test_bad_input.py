@@ -97,3 +97,13 @@ def test_args_without_workload(no_leftover_qemu: None) -> None:
 def test_node_memory_not_whole_mib(no_leftover_qemu: None) -> None:
     one_line_error(cosim("boot", "--save", "never-made", "--node-memory", "1000K"),
                    "--node-memory 1000K", "whole MiB")
+
+
+def test_tiers_on_a_riscv_snapshot(tmp_path, no_leftover_qemu: None) -> None:
+    """`cosim tiers` needs a Linux boot; a bare-metal snapshot is named and refused."""
+    d = ("--snapshot-dir", str(tmp_path))
+    saved = cosim("run", "--kernel", "gups-ws1m-n20000", "--smp", "1", "--max-insns", "100000",
+                  "--save", "bare", *d)
+    assert saved.returncode == 0, saved.stderr
+    one_line_error(cosim("tiers", "--snapshot", "bare", *d), "snapshot bare", "not a Linux boot",
+                   "cosim boot")
