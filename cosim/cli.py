@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
@@ -305,6 +306,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # without a workload the guest would idle until --max-insns
         raise CosimError(f"--args {args.args!r}: give the --workload they are for "
                          "(cosim guest build lists them)")
+    if args.plot:
+        writable_dir(args.plot, "--plot")
     timing_cfg = timing_config.load(args.preset, args.config) if args.timing else None
     snapshot = restorable(store, args) if args.snapshot else None
     board = None
@@ -353,16 +356,29 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"cosim: {server.sim_id} is paused; `cosim resume --sim {server.sim_id}` "
                   "starts it", file=sys.stderr, flush=True)
         summary = session.run()
-    if args.plot and "timing" in summary:
-        from .timing.plots import write_plots
-        write_plots(summary["timing"], args.plot)
+    # the summary first: a plot that cannot be written must not lose it
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_summary(summary)
+    sys.stdout.flush()
+    if args.plot and "timing" in summary:
+        from .timing.plots import write_plots
+        write_plots(summary["timing"], args.plot)
     return 0 if summary["guest_exit_code"] in (None, 0) and \
         summary.get("workload_exit_code") in (None, 0) else 1
+
+
+def writable_dir(path: Path, flag: str) -> None:
+    """Create ``path`` and prove a file can be written there, before a long run needs it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise CosimError(f"{flag} {path}: cannot write there ({e.strerror}); "
+                         "give a writable directory") from None
 
 
 def restorable(store: snap.Store, args: argparse.Namespace) -> snap.Snapshot:

@@ -107,3 +107,11 @@ def test_tiers_on_a_riscv_snapshot(tmp_path, no_leftover_qemu: None) -> None:
     assert saved.returncode == 0, saved.stderr
     one_line_error(cosim("tiers", "--snapshot", "bare", *d), "snapshot bare", "not a Linux boot",
                    "cosim boot")
+
+
+def test_unwritable_plot_dir_refused_before_the_run(tmp_path, no_leftover_qemu: None) -> None:
+    """Found before QEMU starts, not after the whole run."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    one_line_error(cosim("run", "--timing", "--plot", str(blocker / "plots")),
+                   f"--plot {blocker / 'plots'}", "cannot write")

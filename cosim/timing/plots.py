@@ -25,8 +25,12 @@ def write_plots(doc: dict, out: Path) -> list[Path]:
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise CosimError(f"--plot: cannot write {path}: {e.strerror}") from None
+    finally:
+        plt.close(fig)
     return path
 
 
