@@ -115,3 +115,12 @@ def test_unwritable_plot_dir_refused_before_the_run(tmp_path, no_leftover_qemu: 
     blocker.write_text("")
     one_line_error(cosim("run", "--timing", "--plot", str(blocker / "plots")),
                    f"--plot {blocker / 'plots'}", "cannot write")
+
+
+def test_memory_range_beyond_int64(tmp_path) -> None:
+    """TOML integers reach 2^63 - 1; a range ending past it cannot be modelled."""
+    cfg = tmp_path / "far.toml"
+    cfg.write_text("[[memory.ranges]]\nstart = 0x7fffffffffff0000\nsize = 0x100000\n"
+                   "tier = \"cxl\"\n")
+    one_line_error(cosim("config", "show", "--config", str(cfg)), "memory.ranges[0].size",
+                   "2^63")

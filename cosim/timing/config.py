@@ -231,6 +231,9 @@ def _check_value(where: str, f: Any, value: Any) -> Any:
     return float(value)
 
 
+ADDR_LIMIT = 1 << 63
+
+
 def _check_ranges(where: str, value: Any) -> tuple[tuple[int, int, str], ...]:
     if not isinstance(value, list):
         raise _bad(where, value, "must be a list of {start, size, tier} tables")
@@ -239,12 +242,16 @@ def _check_ranges(where: str, value: Any) -> tuple[tuple[int, int, str], ...]:
         w = f"{where}[{i}]"
         if not isinstance(r, dict) or set(r) != {"start", "size", "tier"}:
             raise _bad(w, r, "must be a table with exactly start, size, tier")
-        if not isinstance(r["start"], int) or r["start"] < 0:
+        if not isinstance(r["start"], int) or isinstance(r["start"], bool) or r["start"] < 0:
             raise _bad(f"{w}.start", r["start"], "must be an integer >= 0")
-        if not isinstance(r["size"], int) or r["size"] <= 0:
+        if not isinstance(r["size"], int) or isinstance(r["size"], bool) or r["size"] <= 0:
             raise _bad(f"{w}.size", r["size"], "must be an integer > 0")
         if r["tier"] not in ("dram", "cxl"):
             raise _bad(f"{w}.tier", r["tier"], "must be dram or cxl")
+        if r["start"] + r["size"] > ADDR_LIMIT:
+            # the kernels hold addresses in int64
+            raise _bad(f"{w}.size", r["size"], f"start + size must be at most 2^63 "
+                       f"(a physical address range; start is {r['start']:#x})")
         out.append((r["start"], r["size"], r["tier"]))
     return tuple(out)
 
