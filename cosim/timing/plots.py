@@ -13,11 +13,10 @@ from ..errors import CosimError  # noqa: E402
 
 
 def write_plots(doc: dict, out: Path) -> list[Path]:
-    """CPI stack per core, memory read latency distribution, hottest pages."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CosimError(f"--plot {out}: cannot create the directory: {e.strerror}") from None
+    """CPI stack per core, memory read latency distribution, hottest pages.
+
+    ``out`` exists: ``cli.writable_dir`` made and probed it before the run.
+    """
     written = [_cpi_stacks(doc, out / "cpi_stack.png"), _latency(doc, out / "latency.png"),
                _hot_pages(doc, out / "page_hotness.png")]
     return written
