@@ -9,9 +9,9 @@ is due within a window one command's worth of turns:
 - the window starts at the smallest local time ``t_min`` of the vCPUs that
   can run (parked ones at their wake-up) and is ``W`` wide, the longest
   predicted turn among them; a vCPU whose local time is inside it takes
-  ``(t_min + W - t) // its predicted turn`` turns (at least one, at most a
-  batch), so a fast vCPU runs more turns than a slow one, as in the exact
-  order (QFlex's budgets proportional to IPC);
+  ``(t_min + W - t) // its predicted turn`` turns (at least one, at most
+  ``ROUND_TURNS``), so a fast vCPU runs more turns than a slow one, as in
+  the exact order (QFlex's budgets proportional to IPC);
 - QEMU runs the round's turns interleaved in vCPU order (one round trip),
   and the model feeds them in simulated-time order (``core.run_round``):
   each turn is charged against the same caches and memory as in the exact
@@ -53,6 +53,18 @@ class RoundRun(TimingRun):
     """``TimingRun`` in round order: one command for every vCPU due in a window."""
 
     ORDER = "round"
+    #: turns of one vCPU in one round at most. Predictions are the rates of
+    #: the vCPUs' last rounds and the window is the slowest one's predicted
+    #: turn, so after one slow turn (queued behind bandwidth the others had
+    #: booked) or a change of rate (a hart leaving a barrier spin, IPC 4,
+    #: for memory-bound work, IPC 0.6) the fast vCPUs' budgets would span up
+    #: to a whole batch (100 turns at quantum 1000): they ran far ahead,
+    #: booked memory bandwidth ahead of the others and reached the next
+    #: barrier early, to spin there. With the batch as the limit STREAM with
+    #: 4 harts ran 108.7 M instructions (exact order: 85.6 M) with a skew of
+    #: 189 k cycles; with 8, 88.2 M and 51 k cycles, in 11.6 k round trips
+    #: instead of 10.4 k.
+    ROUND_TURNS = 8
     #: the command decided before the model fed the last report (see _continuation_of)
     _pending: tuple[str, dict] | None = None
 
@@ -150,7 +162,8 @@ class RoundRun(TimingRun):
         members = [u for u in live if due[u] < horizon]  # type: ignore[operator]
         if len(members) == 1:
             return members[0]
-        turns = [max(1, min(self.max_batch, (horizon - int(due[u])) // self._per_turn(u)))
+        most = min(self.max_batch, self.ROUND_TURNS)
+        turns = [max(1, min(most, (horizon - int(due[u])) // self._per_turn(u)))
                  for u in members]
         remaining = None if self.max_insns is None else self.max_insns - self.schedule.total
         if remaining is not None and not self.whole_turns \
