@@ -38,8 +38,13 @@ DEFAULT_GUEST = "spinlock"
 MAX_SMP = 64
 
 
-def positive_int(flag: str, what: str):
-    """argparse type: an integer > 0, else a one-line error naming the flag."""
+#: QEMU keeps a turn's instruction budget in a signed 64-bit count
+#: (icount_prepare_for_run); 2^62 leaves room for the sums the bridge forms
+MAX_QUANTUM = 1 << 62
+
+
+def positive_int(flag: str, what: str, most: int | None = None):
+    """argparse type: an integer > 0 (and <= ``most``), else a one-line error naming the flag."""
     def parse(text: str) -> int:
         try:
             value = int(text.replace("_", ""), 0)
@@ -47,8 +52,21 @@ def positive_int(flag: str, what: str):
             raise argparse.ArgumentTypeError(f"{flag} {text}: not an integer; expected {what}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{flag} {text}: must be > 0 ({what})")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{flag} {text}: at most {most} ({what})")
         return value
     return parse
+
+
+def listen_address(text: str) -> str:
+    """argparse type: HOST:PORT for --listen (IPv6 hosts in brackets), checked before the run."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535 \
+            or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        raise argparse.ArgumentTypeError(
+            f"--listen {text}: want HOST:PORT with a port 0-65535 (0: any free one), "
+            "e.g. 127.0.0.1:50051 or [::1]:50051")
+    return text
 
 
 def smp_count(text: str) -> int:
@@ -126,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"(default: {DEFAULT_GUEST}, or the snapshot's; see guests/riscv/README.md)")
     run.add_argument("--smp", type=smp_count, default=None, metavar="N",
                      help=f"number of vCPUs (harts), 1..{MAX_SMP} (default: 4, or the snapshot's)")
-    run.add_argument("--quantum", type=positive_int("--quantum", "instructions per vCPU turn, e.g. 1000"),
+    run.add_argument("--quantum", type=positive_int("--quantum", "instructions per vCPU turn, e.g. 1000",
+                                                    MAX_QUANTUM),
                      default=None, metavar="Q",
                      help="instructions per vCPU turn (default: 1000, or the snapshot's; a "
                           "restored run may use another)")
@@ -174,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "quantum)")
     run.add_argument("--paused", action="store_true",
                      help="start paused; continue with `cosim resume` (or drive it with Step)")
-    run.add_argument("--listen", metavar="HOST:PORT",
+    run.add_argument("--listen", metavar="HOST:PORT", type=listen_address,
                      help="also serve the control plane on TCP (a token is printed; clients pass it)")
     run.add_argument("--workload", metavar="NAME",
                      help="with a Linux snapshot (cosim boot): run /workloads/NAME in the guest "
@@ -205,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="snapshot name (default: boot_done)")
     boot.add_argument("--force", action="store_true", help="replace an existing snapshot NAME")
     boot.add_argument("--smp", type=smp_count, default=2, metavar="N", help="vCPUs, 2..8 (default 2)")
-    boot.add_argument("--quantum", type=positive_int("--quantum", "instructions per vCPU turn"),
+    boot.add_argument("--quantum", type=positive_int("--quantum", "instructions per vCPU turn",
+                                                     MAX_QUANTUM),
                       default=1000, metavar="Q", help="instructions per vCPU turn (default 1000)")
     boot.add_argument("--node-memory", default="1G", metavar="SIZE",
                       help="RAM of each of the two nodes (default 1G)")
@@ -288,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .control import ControlServer
+    from .control import ControlServer, is_loopback
     store = snap.Store(args.snapshot_dir)
     if args.save:
         snap.check_name(args.save)
@@ -352,6 +372,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if server.token:
             print(f"cosim: control plane on {args.listen} (port {server.port}), "
                   f"token {server.token}", file=sys.stderr, flush=True)
+            if not is_loopback(args.listen):
+                print(f"cosim: warning: --listen {args.listen} is reachable from other machines; "
+                      "calls need the token but travel unencrypted", file=sys.stderr, flush=True)
         if args.paused:
             print(f"cosim: {server.sim_id} is paused; `cosim resume --sim {server.sim_id}` "
                   "starts it", file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ file, which is how local clients find runs (``--sim ID``).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import queue
@@ -30,6 +31,9 @@ from typing import Callable, Iterator
 # QEMU is started with fork+exec while gRPC threads run; gRPC's fork
 # handlers are not needed for that and only log a warning
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+# gRPC's C core logs its own errors to stderr (a failed bind, say); cosim
+# reports the ones that matter in one line of its own
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc  # noqa: E402
 
@@ -40,6 +44,8 @@ from .v1 import control_pb2 as pb
 from .v1 import control_pb2_grpc as pb_grpc
 
 GRPC_WORKERS = 8
+#: bytes of a unix socket path, without its NUL (sockaddr_un.sun_path is 108)
+UNIX_PATH_MAX = 107
 POLL_PAUSED_S = 0.2
 REQUEST_TIMEOUT_S = 600.0
 _STATES = {"running": pb.Status.RUNNING, "paused": pb.Status.PAUSED,
@@ -309,7 +315,7 @@ class ControlServer:
     def __init__(self, session, listen: str | None = None) -> None:
         self.controller = Controller(session)
         self.dir = runtime_dir()
-        self.sim_id = f"{Path(session.config.kernel).stem}-{os.getpid()}"
+        self.sim_id = _sim_id(self.dir, Path(session.config.kernel).stem, os.getpid())
         self.socket = self.dir / f"{self.sim_id}.sock"
         self.info_path = self.dir / f"{self.sim_id}.json"
         self.listen = listen
@@ -326,10 +332,15 @@ class ControlServer:
         try:
             self._server.add_insecure_port(f"unix:{self.socket}")
             if self.listen:
-                self.port = self._server.add_insecure_port(self.listen)
+                try:
+                    self.port = self._server.add_insecure_port(self.listen)
+                except RuntimeError:   # grpcio >= 1.50 raises where older ones returned 0
+                    self.port = 0
                 if not self.port:
-                    raise CosimError(f"--listen {self.listen}: cannot bind (want HOST:PORT, "
-                                     "e.g. 127.0.0.1:50051, on a free port)")
+                    self.socket.unlink(missing_ok=True)
+                    raise CosimError(f"--listen {self.listen}: cannot bind it (in use, or not "
+                                     "an address of this machine); want HOST:PORT on a free "
+                                     "port, e.g. 127.0.0.1:50051")
             self._server.start()
         finally:
             os.umask(old)
@@ -353,6 +364,26 @@ class ControlServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` only listens on this machine (localhost or a loopback address)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _sim_id(directory: Path, stem: str, pid: int) -> str:
+    """``STEM-PID``, the stem shortened so that the run's socket path fits a unix address."""
+    room = UNIX_PATH_MAX - len(str(directory / f"-{pid}.sock"))
+    if room < 8:
+        raise CosimError(f"runtime directory {directory} is too long for a unix socket path "
+                         f"(at most {UNIX_PATH_MAX} bytes); set XDG_RUNTIME_DIR to a shorter one")
+    return f"{stem.encode()[:room].decode(errors='ignore')}-{pid}"
 
 
 # -- clients -----------------------------------------------------------------

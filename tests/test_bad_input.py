@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import cosim, qemu_pids
@@ -25,7 +27,7 @@ def one_line_error(proc, *needles: str) -> str:
     return line
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "abc"])
+@pytest.mark.parametrize("value", ["0", "-5", "abc", str(1 << 63)])
 def test_bad_quantum(value: str, no_leftover_qemu: None) -> None:
     one_line_error(cosim("run", "--quantum", value), f"--quantum {value}", "instructions per vCPU turn")
 
@@ -124,3 +126,55 @@ def test_memory_range_beyond_int64(tmp_path) -> None:
                    "tier = \"cxl\"\n")
     one_line_error(cosim("config", "show", "--config", str(cfg)), "memory.ranges[0].size",
                    "2^63")
+
+
+@pytest.mark.parametrize("value", ["foo", "127.0.0.1:99999", ":50051", "::1:50051"])
+def test_malformed_listen_address(value: str, no_leftover_qemu: None) -> None:
+    one_line_error(cosim("run", "--listen", value), f"--listen {value}", "HOST:PORT")
+
+
+def test_busy_listen_port_is_one_line_and_leaves_no_socket(tmp_path, no_leftover_qemu: None) -> None:
+    import socket
+    runtime = tmp_path / "rt"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = cosim("run", "--listen", f"127.0.0.1:{port}", "--max-insns", "1000",
+                     env={"XDG_RUNTIME_DIR": str(runtime)})
+    one_line_error(proc, f"--listen 127.0.0.1:{port}", "cannot bind")
+    assert list((runtime / "cosim").iterdir()) == []
+
+
+def test_long_runtime_dir_shortens_the_socket_name(tmp_path, no_leftover_qemu: None) -> None:
+    """A socket path over 107 bytes cannot be bound: the run's id is shortened to fit."""
+    from cosim.control import UNIX_PATH_MAX
+    # .../cosim is 82 bytes: "/stream-n2048-r2-PID.sock" does not fit after it, "/-PID.sock"
+    # and a shortened stem do
+    runtime = tmp_path / ("d" * (82 - len("/cosim") - 1 - len(str(tmp_path))))
+    proc = cosim("run", "--kernel", "stream-n2048-r2", "--max-insns", "1000",
+                 env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert proc.returncode == 0, proc.stderr
+    too_long = tmp_path / ("d" * UNIX_PATH_MAX)
+    one_line_error(cosim("run", "--max-insns", "1000", env={"XDG_RUNTIME_DIR": str(too_long)}),
+                   "too long for a unix socket", "XDG_RUNTIME_DIR")
+
+
+def test_guest_numbers_with_thousands_of_digits_are_not_parsed() -> None:
+    """Python refuses int() of over 4300 digits; guest output must not reach it unbounded."""
+    from cosim.linux_flow import result_value
+    from cosim.linux_machine import EXIT_MARKER
+    huge = "9" * 5000
+    assert result_value([f"RESULT gups updates={huge}"], "updates") is None
+    assert result_value([f"RESULT gups updates=4096 x={huge}"], "updates") == 4096
+    assert EXIT_MARKER.findall(f"COSIM-EXIT {huge}\nCOSIM-EXIT 3\n") == ["3"]
+
+
+def test_commas_in_paths_handed_to_qemu(tmp_path, no_leftover_qemu: None) -> None:
+    """QEMU splits option values at commas; cosim doubles them (console, QMP, plugin sockets)."""
+    tmp = tmp_path / "with,comma"
+    tmp.mkdir()
+    proc = cosim("run", "--kernel", "stream-n2048-r2", "--smp", "2", "--mode", "trace",
+                 "--json", env={"TMPDIR": str(tmp)})
+    assert proc.returncode == 0, proc.stderr
+    assert any(r.startswith("RESULT stream") for r in json.loads(proc.stdout)["guest_results"])
