@@ -35,6 +35,7 @@ import numpy as np
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from . import paths
+from .paths import qemu_opt
 from .errors import CosimError
 from .linux_machine import LinuxBoard
 from .trace import RECORD_DTYPE, RunDigest
@@ -206,9 +207,10 @@ class Bridge:
     def command_line(self) -> list[str]:
         """The full QEMU command line (also recorded by snapshots)."""
         c = self.config
-        plugin_args = [f"socket={self._dir / 'plugin.sock'}", f"mode={c.mode}"]
+        plugin_args = [f"socket={qemu_opt(self._dir / 'plugin.sock')}", f"mode={c.mode}"]
         if c.mode == "trace":
-            plugin_args += [f"shm={self._dir / 'trace.shm'}", f"shm_records={c.shm_records}"]
+            plugin_args += [f"shm={qemu_opt(self._dir / 'trace.shm')}",
+                            f"shm_records={c.shm_records}"]
         if c.clock == "model":
             plugin_args.append("clock=model")
         if c.board is not None:
@@ -222,10 +224,10 @@ class Bridge:
             "-icount", f"shift={c.icount_shift},sleep=off,align=off",
             "-rtc", "clock=vm,base=2025-01-01T00:00:00",
             "-seed", str(c.seed),
-            "-chardev", f"file,id=con0,path={self.console_path}",
+            "-chardev", f"file,id=con0,path={qemu_opt(self.console_path)}",
             "-serial", "chardev:con0",
-            "-qmp", f"unix:{self._dir / 'qmp.sock'},server=on,wait=off",
-            "-plugin", str(plugin_path()) + "," + ",".join(plugin_args),
+            "-qmp", f"unix:{qemu_opt(self._dir / 'qmp.sock')},server=on,wait=off",
+            "-plugin", qemu_opt(plugin_path()) + "," + ",".join(plugin_args),
             *(["-loadext", str(c.loadext)] if c.loadext is not None else []),
             *c.extra_args,
         ]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .errors import CosimError
 from .guest_image import KERNEL_APPEND
+from .paths import qemu_opt
 from .timing.config import Config
 
 COMMAND_BYTES = 4096
@@ -117,7 +118,7 @@ class LinuxBoard:
             ]
         args += ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
                  "-append", self.append(),
-                 "-fw_cfg", f"name=opt/cosim/cmd,file={command_file}"]
+                 "-fw_cfg", f"name=opt/cosim/cmd,file={qemu_opt(command_file)}"]
         return args
 
     def describe(self) -> dict:

@@ -94,3 +94,11 @@ def plugin_library() -> Path:
     """
     source = hashlib.sha256(PLUGIN_SOURCE.read_bytes()).hexdigest()[:8]
     return REPO / "build" / "plugin" / f"libcosim-{patch_hash()}-{source}.so"
+
+
+def qemu_opt(path: Path | str) -> str:
+    """``path`` as the value inside a QEMU ``key=value,...`` option: commas doubled.
+
+    Plain arguments (``-kernel FILE``, ``-L DIR``) take a path as it is.
+    """
+    return str(path).replace(",", ",,")
