@@ -25,7 +25,7 @@ from .linux_machine import READY_MARKER, Hmat, LinuxBoard
 from .session import RunSpec, Session
 from .timing.config import Config
 
-NUMA_POLICY = re.compile(r"(membind|interleave|preferred)=(\d+(?:,\d+)*)")
+NUMA_POLICY = re.compile(r"(membind|interleave|preferred)=(\d{1,4}(?:,\d{1,4})*)")
 MIN_SMP, MAX_SMP = 2, 8
 
 
@@ -127,7 +127,7 @@ def workloads_of(board: LinuxBoard) -> list[str]:
 def result_value(results: Sequence[str], key: str) -> int | None:
     """``key=N`` from the guest's RESULT lines (the last one that has it)."""
     for line in reversed(results):
-        m = re.search(rf"\b{re.escape(key)}=(\d+)", line)
+        m = re.search(rf"\b{re.escape(key)}=(\d{{1,19}})\b", line)  # bounded: guest output
         if m:
             return int(m.group(1))
     return None

@@ -30,7 +30,7 @@ from .timing.config import Config
 COMMAND_BYTES = 4096
 IDLE_COMMAND = "idle"
 READY_MARKER = "COSIM-READY"
-EXIT_MARKER = re.compile(r"^COSIM-EXIT (-?\d+)\s*$", re.M)
+EXIT_MARKER = re.compile(r"^COSIM-EXIT (-?\d{1,9})\s*$", re.M)  # bounded: the guest writes it
 
 _4G = 1 << 32
 #: q35 keeps all RAM below 4 GiB when there is less than this much

@@ -49,7 +49,7 @@ PUBLISH_EVERY_S = 0.05
 
 def parse_size(text: str, flag: str = "--memory") -> int:
     """Bytes of a QEMU-style size (``512M``, ``2G``; a bare number is MiB)."""
-    m = re.fullmatch(r"(\d+)([KMG]?)", text.strip().upper())
+    m = re.fullmatch(r"(\d{1,15})([KMG]?)", text.strip().upper())
     if not m or int(m.group(1)) == 0:
         raise CosimError(f"{flag} {text!r}: want a size such as 512M or 2G")
     scale = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
