@@ -312,7 +312,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = snap.Store(args.snapshot_dir)
     if args.save:
         snap.check_name(args.save)
-        store.refuse_existing(args.save, args.force)
+        store.check_can_save(args.save, args.force)
     if not args.timing and (args.preset or args.config or args.plot):
         raise CosimError("--preset, --config and --plot need --timing")
     if args.timing and args.mode_given == "fast":

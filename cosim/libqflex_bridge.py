@@ -33,6 +33,7 @@ from typing import NoReturn, TextIO
 import msgpack
 import numpy as np
 from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp.qmp_client import ExecuteError
 
 from . import paths
 from .paths import qemu_opt
@@ -645,9 +646,13 @@ class Bridge:
     def save_machine(self, directory: Path) -> list[dict]:
         """QEMU's machine state into ``directory/machine.state`` (the VM must be paused).
 
-        Returns the disks QEMU froze (device, frozen image, new overlay).
+        Returns the disks QEMU froze (device, frozen image, new overlay). A
+        failed save (a full disk, say) is a CosimError naming the directory.
         """
-        return list(self.qmp("savevm-ext", dir=str(directory)) or [])  # type: ignore[arg-type]
+        try:
+            return list(self.qmp("savevm-ext", dir=str(directory)) or [])  # type: ignore[arg-type]
+        except ExecuteError as e:
+            raise CosimError(f"QEMU could not save the machine state ({e})") from None
 
     def resume(self) -> None:
         """Continue after ``pause()``; returns when the plugin asks for a command."""

@@ -54,7 +54,7 @@ def check_boot(req: BootRequest, store: snap.Store) -> None:
     """The one-line errors a boot request can meet before anything runs."""
     check_smp(req.smp)
     snap.check_name(req.save)
-    store.refuse_existing(req.save, req.force)
+    store.check_can_save(req.save, req.force)
     guest_image.check_added(req.add)
 
 

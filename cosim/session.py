@@ -291,8 +291,14 @@ class Session:
                     timing_config.show(self.model.cfg, "timing configuration of the snapshot"),
                     self.model.cfg.digest()))
             saved = store.commit(tmp, name, self._manifest(disks), force)
-        except BaseException:
+        except BaseException as e:
             store.abort(tmp)
+            # a full disk, say: one line, and nothing of the save is left behind
+            if isinstance(e, OSError):
+                raise CosimError(f"snapshot {name} not saved: {e.strerror} "
+                                 f"({e.filename or store.root})") from None
+            if isinstance(e, CosimError):
+                raise CosimError(f"snapshot {name} not saved: {e}") from None
             raise
         finally:
             if not self.bridge.exited:

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,18 @@ class Store:
         if self.exists(name) and not force:
             raise CosimError(f"snapshot {name} already exists in {self.root}; "
                              "choose another name or add --force to replace it")
+
+    def check_can_save(self, name: str, force: bool) -> None:
+        """Before a run that ends in a save: the name is free (or ``force``) and the
+        directory writable, so a long run is not lost to a late error."""
+        self.refuse_existing(name, force)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as e:
+            raise CosimError(f"snapshot directory {self.root}: cannot write there "
+                             f"({e.strerror}); give a writable --snapshot-dir") from None
 
     def begin(self, name: str, force: bool) -> Path:
         """A fresh temporary directory to write snapshot ``name`` into."""

@@ -102,3 +102,15 @@ def other_core_busy():
     """The second core busy for the test's duration."""
     with busy_other_core():
         yield
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 1 MiB tmpfs, which a snapshot overfills (mounting needs root, as CI has)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs",
+                                            str(mnt)]).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)

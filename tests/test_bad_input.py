@@ -178,3 +178,18 @@ def test_commas_in_paths_handed_to_qemu(tmp_path, no_leftover_qemu: None) -> Non
                  "--json", env={"TMPDIR": str(tmp)})
     assert proc.returncode == 0, proc.stderr
     assert any(r.startswith("RESULT stream") for r in json.loads(proc.stdout)["guest_results"])
+
+
+def test_unwritable_snapshot_dir_refused_before_the_run(tmp_path, no_leftover_qemu: None) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = cosim("run", "--save", "s", "--snapshot-dir", str(blocker / "snaps"))
+    one_line_error(proc, str(blocker / "snaps"), "cannot write there", "--snapshot-dir")
+    assert "RESULT" not in proc.stdout   # refused before QEMU ran
+
+
+def test_save_on_a_full_disk_is_one_line_and_leaves_nothing(tiny_disk, no_leftover_qemu) -> None:
+    proc = cosim("run", "--kernel", "stream-n2048-r2", "--max-insns", "20000", "--save", "s",
+                 "--snapshot-dir", str(tiny_disk))
+    one_line_error(proc, "snapshot s not saved", "No space left on device")
+    assert sorted(p.name for p in tiny_disk.iterdir()) == []

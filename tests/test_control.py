@@ -21,12 +21,20 @@ from cosim.v1 import control_pb2_grpc as pb_grpc
 
 
 @pytest.fixture
-def paused_run(tmp_path: Path):
+def snapshot_dir(tmp_path: Path, request) -> Path:
+    """The run's --snapshot-dir; parametrized "tiny": a 1 MiB tmpfs that a save overfills."""
+    if getattr(request, "param", None) == "tiny":
+        return request.getfixturevalue("tiny_disk")
+    return tmp_path
+
+
+@pytest.fixture
+def paused_run(snapshot_dir: Path):
     """A 2-hart trace-mode run started paused, serving unix and TCP (port 0: any free one)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "cosim.cli", "run", "--json", "--kernel", "spinlock", "--smp", "2",
          "--mode", "trace", "--paused", "--listen", "127.0.0.1:0",
-         "--snapshot-dir", str(tmp_path)],
+         "--snapshot-dir", str(snapshot_dir)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
     m = re.search(r"\(port (\d+)\), token (\S+)", line)
@@ -84,6 +92,21 @@ def test_bad_requests_are_rejected_and_the_server_keeps_serving(paused_run) -> N
     summary = json.loads(out)
     assert summary["stopped_by"] == "guest-exit" and summary["guest_results"]
     assert not Path(info["socket"]).exists(), "the socket should go with the run"
+
+
+@pytest.mark.parametrize("snapshot_dir", ["tiny"], indirect=True)
+def test_a_failed_save_is_an_error_status_and_the_run_goes_on(paused_run, snapshot_dir) -> None:
+    proc, stub, _, _, _ = paused_run
+    with pytest.raises(grpc.RpcError) as e:
+        stub.SaveSnapshot(pb.SaveSnapshotRequest(name="s"))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "snapshot s not saved" in e.value.details() and "No space left" in e.value.details()
+    assert stub.GetStatus(pb.GetStatusRequest()).state == pb.Status.PAUSED
+    assert list(snapshot_dir.iterdir()) == []        # no half-written snapshot
+    stub.Resume(pb.ResumeRequest())
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["stopped_by"] == "guest-exit"
 
 
 def test_tcp_needs_the_token(paused_run) -> None:
