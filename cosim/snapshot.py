@@ -17,6 +17,8 @@ deleted or overwritten without ``force``.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -136,26 +138,47 @@ class Store:
         return tmp
 
     def commit(self, tmp: Path, name: str, manifest: dict, force: bool) -> Snapshot:
-        """Write the manifest (hashing every file), then rename ``tmp`` to ``name``."""
+        """Write the manifest (hashing every file), then put ``tmp`` in place as ``name``.
+
+        Every member and both directories are fsynced first, so what the
+        name points to is complete even after a power loss. With ``force``
+        an existing snapshot is swapped out in one step (``renameat2``
+        RENAME_EXCHANGE) and deleted only once the new one is in place;
+        where the file system cannot exchange, it is renamed aside and put
+        back if the new one cannot take its name. Either way the name holds
+        the old snapshot or the new one, never neither.
+        """
         manifest = dict(manifest, format=FORMAT, name=name, files={
             p.name: {"bytes": p.stat().st_size, "blake2b": file_digest(p)}
             for p in sorted(tmp.iterdir()) if p.name != MANIFEST})
+        for p in tmp.iterdir():
+            _fsync(p)
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        _fsync(tmp)
         final = self.path(name)
-        old = None
-        if final.exists():
-            if not force:
-                raise CosimError(f"snapshot {name} appeared in {self.root} during the save; "
-                                 "add --force to replace it")
+        if not final.exists():
+            tmp.rename(final)
+        elif not force:
+            raise CosimError(f"snapshot {name} appeared in {self.root} during the save; "
+                             "add --force to replace it")
+        elif _exchange(tmp, final):
+            _fsync(self.root)
+            shutil.rmtree(tmp, ignore_errors=True)      # the old snapshot, now at tmp
+        else:
             old = self.root / f".{name}.old{TMP_MARK}{os.getpid()}"
             final.rename(old)
-        tmp.rename(final)
-        if old is not None:
+            try:
+                tmp.rename(final)
+            except OSError:
+                old.rename(final)
+                raise
+            _fsync(self.root)
             shutil.rmtree(old, ignore_errors=True)
+        _fsync(self.root)
         return Snapshot(name, final, manifest)
 
     def abort(self, tmp: Path) -> None:
@@ -224,6 +247,35 @@ class Store:
             pid = p.name.rsplit(TMP_MARK, 1)[-1]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+#: renameat2(2) flag (linux/fs.h); Python has no binding for it, and ctypes
+#: is simpler than a dependency for one call
+RENAME_EXCHANGE = 2
+AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step; False where the kernel or file system cannot."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def _alive(pid: int) -> bool:

@@ -105,12 +105,25 @@ def other_core_busy():
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path):
-    """A 1 MiB tmpfs, which a snapshot overfills (mounting needs root, as CI has)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs",
-                                            str(mnt)]).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+def tmpfs(tmp_path: Path):
+    """``tmpfs(size)``: a fresh tmpfs of ``size`` (say "1M") that a snapshot can overfill
+    (mounting needs root, as CI has; skipped otherwise)."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}",
+                                                "tmpfs", str(mnt)]).returncode != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        mounted.append(mnt)
+        return mnt
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmpfs) -> Path:
+    """A 1 MiB tmpfs: smaller than any snapshot."""
+    return tmpfs("1M")

@@ -192,6 +192,65 @@ def test_saving_over_a_name_needs_force(saved: Path) -> None:
     assert json.loads((other / "ok" / snap.MANIFEST).read_text())["total_insns"] == 50_000
 
 
+def test_force_on_a_full_disk_keeps_the_old_snapshot(saved: Path, tmpfs) -> None:
+    """--force over a snapshot, on a disk with room for one: the old one stays restorable."""
+    disk = tmpfs("2M")
+    shutil.copytree(saved / "ok", disk / "ok")
+    before = (disk / "ok" / snap.MANIFEST).read_text()
+    proc = cosim("run", "--kernel", "spinlock", "--smp", "2", "--max-insns", "50000",
+                 "--save", "ok", "--force", "--snapshot-dir", str(disk))
+    assert proc.returncode == 2 and "snapshot ok not saved" in proc.stderr, proc.stderr
+    assert "No space left on device" in proc.stderr
+    assert sorted(p.name for p in disk.iterdir()) == ["ok"]
+    assert (disk / "ok" / snap.MANIFEST).read_text() == before
+    snap.Store(disk).load("ok")                     # every member verifies
+    assert run_json("--snapshot", "ok", "--snapshot-dir", str(disk))["stopped_by"] == "guest-exit"
+
+
+def _new_save(store: snap.Store, name: str, payload: bytes) -> Path:
+    tmp = store.begin(name, force=True)
+    (tmp / snap.MACHINE_STATE).write_bytes(payload)
+    return tmp
+
+
+@pytest.mark.parametrize("step", ["manifest", "exchange", "rename-no-exchange"])
+def test_force_fails_at_each_step_and_keeps_the_old(tmp_path: Path, step: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store.commit failing at each of its steps: the name still holds the old snapshot."""
+    store = snap.Store(tmp_path)
+    store.commit(_new_save(store, "s", b"old"), "s", {}, force=False)
+    tmp = _new_save(store, "s", b"new")
+    full = OSError(28, "No space left on device")
+    if step == "manifest":
+        monkeypatch.setattr(snap.json, "dump", lambda *a, **k: (_ for _ in ()).throw(full))
+    elif step == "exchange":
+        monkeypatch.setattr(snap, "_exchange", lambda a, b: (_ for _ in ()).throw(full))
+    else:
+        # a file system without RENAME_EXCHANGE, and the new one cannot take the name
+        monkeypatch.setattr(snap, "_exchange", lambda a, b: False)
+        real = Path.rename
+        monkeypatch.setattr(Path, "rename", lambda self, target: (
+            (_ for _ in ()).throw(full) if self == tmp else real(self, target)))
+    with pytest.raises(OSError):
+        store.commit(tmp, "s", {}, force=True)
+    store.abort(tmp)
+    monkeypatch.undo()
+    assert (store.load("s").path / snap.MACHINE_STATE).read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_force_replaces_in_one_step(tmp_path: Path, exchange: bool,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    store = snap.Store(tmp_path)
+    store.commit(_new_save(store, "s", b"old"), "s", {}, force=False)
+    if not exchange:
+        monkeypatch.setattr(snap, "_exchange", lambda a, b: False)
+    store.commit(_new_save(store, "s", b"new"), "s", {}, force=True)
+    assert (store.load("s").path / snap.MACHINE_STATE).read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
 @pytest.mark.parametrize("name", ["a/b", "..", "../x", ".hidden", ""])
 def test_bad_snapshot_names(tmp_path: Path, name: str) -> None:
     proc = cosim("run", "--save", name, "--max-insns", "1000", "--snapshot-dir", str(tmp_path))
