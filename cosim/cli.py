@@ -23,7 +23,7 @@ from elftools.elf.elffile import ELFFile
 
 from . import __version__, build, paths
 from . import snapshot as snap
-from .errors import CosimError
+from .errors import CosimError, Terminated
 from . import linux_machine
 from .libqflex_bridge import QemuConfig, qemu_binary
 from .session import RunSpec, Session, parse_size
@@ -662,9 +662,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_checks()
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     handlers = {"run": cmd_run, "build": cmd_build, "doctor": cmd_doctor,
                 "config": cmd_config, "regress": cmd_regress, "snapshot": cmd_snapshot,
                 "status": cmd_client, "pause": cmd_client, "resume": cmd_client,
@@ -676,7 +681,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("cosim: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated:
+        print("cosim: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         # the reader went away (`cosim ... | head`): end quietly, as other
         # command-line tools do, with the status of a SIGPIPE death; stdout
