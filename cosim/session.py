@@ -373,7 +373,7 @@ class Session:
             self.notes.append(f"timing configuration {self.model.cfg.digest()} differs from the "
                               f"snapshot's {doc['config_digest']}")
         if cold:
-            self.notes.append("started cold (shape changed): " + ", ".join(cold))
+            self.notes.append("started cold (shape or geometry changed): " + ", ".join(cold))
 
     # -- what the control plane and the summary read ---------------------------
 

@@ -114,6 +114,25 @@ def test_timing_restore_without_timing_state_warms_up(tmp_path: Path) -> None:
     assert warm["cycles"] < cold["cycles"]
 
 
+@pytest.mark.parametrize("change,cold_levels", [
+    ("[l2]\nways = 8\n", {"l1i", "l1d", "l2"}),      # same lines, twice the sets
+    ("[llc]\nways = 8\n", {"llc"}),
+    ("[l2]\nlatency = 20\n", set()),                   # same geometry: all warm
+])
+def test_timing_restore_by_cache_geometry(tmp_path: Path, change: str, cold_levels: set) -> None:
+    """A cache whose sets and ways changed starts cold, even where the arrays keep their shape;
+    a cold L2 takes its L1s along (inclusion); the others restore warm."""
+    d = ("--snapshot-dir", str(tmp_path))
+    run_json("--kernel", "gups-ws1m-n20000", "--smp", "2", "--timing", "--max-insns", "300000",
+             "--save", "t", *d)
+    cfg = tmp_path / "changed.toml"
+    cfg.write_text(change)
+    out = run_json("--snapshot", "t", "--timing", "--config", str(cfg), "--max-insns", "400000", *d)
+    notes = [n for n in out["notes"] if n.startswith("started cold")]
+    named = {name.partition(".")[0] for n in notes for name in n.split(": ", 1)[1].split(", ")}
+    assert named == cold_levels, notes
+
+
 # -- refusals and damage: clear errors, nothing lost -------------------------
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,14 @@ the configuration of the restoring run, which may differ from the
 snapshot's. A state array is restored when its shape and type match the new
 model; one that does not (say, a bigger L2) starts cold, and the run says
 which.
+
+Lines are restored per cache and by geometry: a cache is kept when its
+number of sets and ways are those of the snapshot's (wherever it now sits
+in the flat arrays), and starts cold otherwise, even if the arrays keep
+their shape (the same total lines in other ways or slices would put lines
+in the wrong sets). A core whose L2 starts cold gets cold L1s too, and an
+inclusive LLC that starts cold empties every cache, so the hierarchy's
+inclusion still holds.
 """
 
 from __future__ import annotations
@@ -17,7 +25,11 @@ from typing import Iterator
 import msgpack
 import numpy as np
 
+from .caches import G_OFFSET, G_SETS, G_WAYS
 from .state import Model
+
+#: Per-line arrays of all caches (``CacheArrays``), restored cache by cache.
+LINE_FIELDS = ("H.C.tags", "H.C.state", "H.C.stamp", "H.C.ready", "H.C.src")
 
 #: Fields computed from the configuration and the RAM layout, never loaded.
 PARAM_FIELDS = frozenset({"H.C.geom", "H.Mm.params", "H.Mm.ranges", "H.Mm.ram", "H.Mm.ctrl",
@@ -42,7 +54,10 @@ def dumps(model: Model, engine: dict, config_toml: str, config_digest: str) -> b
     """msgpack of the model's state arrays, the engine's state and the configuration."""
     arrays = {name: {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}
               for name, a in _arrays(model) if name not in PARAM_FIELDS}
+    geom = model.H.C.geom
     return msgpack.packb({"format": FORMAT, "ncores": model.ncores, "arrays": arrays,
+                          "cache_geometry": [[int(g[G_OFFSET]), int(g[G_SETS]), int(g[G_WAYS])]
+                                             for g in geom],
                           "engine": engine, "config_toml": config_toml,
                           "config_digest": config_digest})
 
@@ -58,21 +73,73 @@ def loads(blob: bytes) -> dict:
     return doc
 
 
+def cache_names(ncores: int, ncaches: int) -> list[str]:
+    """Names of the caches by id (as the statistics give them)."""
+    names = [f"{level}.{c}" for level in ("l1i", "l1d", "l2") for c in range(ncores)]
+    return names + [f"llc.{s}" for s in range(ncaches - len(names))]
+
+
 def restore(model: Model, doc: dict) -> list[str]:
     """Copy the saved arrays into ``model`` in place; returns the names that start cold."""
     if doc["ncores"] != model.ncores:
         raise ValueError(f"timing state is for {doc['ncores']} cores, the run has {model.ncores}")
     cold = []
     saved = doc["arrays"]
+    by_geometry = "cache_geometry" in doc
     for name, a in _arrays(model):
-        if name in PARAM_FIELDS:
+        if name in PARAM_FIELDS or (by_geometry and name in LINE_FIELDS):
             continue
         s = saved.get(name)
         if s is None or np.dtype(s["dtype"]) != a.dtype or tuple(s["shape"]) != a.shape:
             cold.append(name)
             continue
-        data = np.frombuffer(s["data"], dtype=a.dtype)
-        if data.size != a.size:
-            raise ValueError(f"timing state array {name} is truncated")
-        a[...] = data.reshape(a.shape)
+        a[...] = _data(name, s, a.size).reshape(a.shape)
+    if by_geometry:
+        cold += _restore_lines(model, doc)
     return cold
+
+
+def _data(name: str, s: dict, size: int) -> np.ndarray:
+    data = np.frombuffer(s["data"], dtype=np.dtype(s["dtype"]))
+    if data.size != size:
+        raise ValueError(f"timing state array {name} is truncated")
+    return data
+
+
+def _restore_lines(model: Model, doc: dict) -> list[str]:
+    """The caches' lines, each cache whose sets and ways are the snapshot's; the names left cold."""
+    C = model.H.C
+    geom = C.geom
+    was = doc["cache_geometry"]
+    n = model.ncores
+    names = cache_names(n, geom.shape[0])
+    keep = [cid < len(was) and tuple(was[cid][1:]) == (int(geom[cid, G_SETS]),
+                                                         int(geom[cid, G_WAYS]))
+            for cid in range(geom.shape[0])]
+    for c in range(n):                    # inclusion: L1s only within a kept L2
+        if not keep[2 * n + c]:
+            keep[c] = keep[n + c] = False
+    if model.cfg.llc.inclusive and not all(keep[3 * n:]):
+        keep = [False] * len(keep)
+    saved_lines = sum(w[1] * w[2] for w in was)
+    for field in LINE_FIELDS:
+        s = doc["arrays"].get(field)
+        a = getattr(C, field.rsplit(".", 1)[1])
+        if s is None or np.dtype(s["dtype"]) != a.dtype:
+            keep = [False] * len(keep)
+            continue
+        data = _data(field, s, saved_lines)
+        for cid in range(geom.shape[0]):
+            if keep[cid]:
+                lines = int(geom[cid, G_SETS] * geom[cid, G_WAYS])
+                a[geom[cid, G_OFFSET]:geom[cid, G_OFFSET] + lines] = \
+                    data[was[cid][0]:was[cid][0] + lines]
+    # a cache left cold after another field was copied: make it cold in every field
+    fresh = {"tags": -1, "state": 0, "stamp": 0, "ready": 0, "src": 0}
+    for cid in range(geom.shape[0]):
+        if not keep[cid]:
+            lo = geom[cid, G_OFFSET]
+            hi = lo + geom[cid, G_SETS] * geom[cid, G_WAYS]
+            for field, value in fresh.items():
+                getattr(C, field)[lo:hi] = value
+    return [names[cid] for cid in range(geom.shape[0]) if not keep[cid]]
