@@ -112,3 +112,31 @@ def test_bad_input_leaves_the_snapshot_untouched(plain, tmp_path):
         assert line.startswith("cosim: error: ") and message in line and "\n" not in line, line
     assert snap.file_digest(root / "boot_done" / "manifest.json") == before
     assert snap.Store(root).load("boot_done").name == "boot_done"   # still verifies
+
+
+def test_two_boots_are_identical(plain, tmp_path):
+    """Booting again gives the same console, instruction count and digest."""
+    root, _ = plain
+    linux_boot(tmp_path, "again")
+    first, second = (snap.Store(r).load(n).manifest for r, n in ((root, "boot_done"),
+                                                                  (tmp_path, "again")))
+    assert (tmp_path / "again.boot.log").read_text() == (root / "boot_done.boot.log").read_text()
+    assert (second["total_insns"], second["digest"]) == (first["total_insns"], first["digest"])
+
+
+def test_mid_workload_save_and_restore_under_timing_matches_straight(plain):
+    """Save part-way through a workload under --timing, restore in a fresh process, finish:
+    the same cycles, per-core statistics, digest and results as one straight run."""
+    root, _ = plain
+    args = ("--timing", "--workload", "gups", "--args", GUPS_ARGS, "--numa", "membind=1")
+    straight = linux_run(root, "boot_done", *args)
+    half = straight["session_insns"] // 2          # --max-insns counts this run's
+    first = linux_run(root, "boot_done", *args, "--max-insns", str(half), "--save", "mid-gups")
+    try:
+        assert first["stopped_by"] != "guest-exit" and not first["guest_results"]
+        rest = linux_run(root, "mid-gups", "--timing")
+    finally:
+        snap.Store(root).remove("mid-gups")
+    for key in ("cycles", "digest", "total_insns", "guest_results", "workload_exit_code"):
+        assert rest[key] == straight[key], key
+    assert rest["timing"]["cores"] == straight["timing"]["cores"]
