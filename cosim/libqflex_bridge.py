@@ -1,6 +1,6 @@
 """The bridge between cosim and the patched QEMU: launch, step, observe, stop.
 
-QEMU runs with the determinism recipe of DESIGN.md (quantum turns, fixed
+QEMU runs with the determinism rules of docs/design.md (quantum turns, fixed
 icount, no host clock, no network) and loads the cosim plugin, which blocks
 on this bridge at turn ends. The bridge owns everything the guest talks to:
 the plugin socket, the trace buffer, the QMP socket and the console file,
