@@ -11,7 +11,12 @@ Why this shape:
   deb.debian.org keeps only the newest version of each package, so a pin
   goes stale when Debian publishes an update; the downloaded .debs are kept
   in ``cache_root()/downloads/guest-debs`` so a machine that has them keeps
-  building, and the error on a fresh machine says which version to pin.
+  building, and a fresh machine falls back to the archive's current
+  version with a notice (cycle counts may then differ). The image manifest
+  and every snapshot's record the versions used; each .deb is checked
+  against the SHA256 of the archive's index where it lists the version.
+  (The kernel's package name carries its ABI version, so a new kernel ABI
+  still needs ``KERNEL_VERSION`` updated by hand.)
 * **initramfs only, no disk**: busybox (static) as the shell and tools,
   numactl with its few shared libraries, the CXL/DAX/fw_cfg modules,
   ``/init``, the ``cosim-cmd`` helper and static workloads in
@@ -275,48 +280,70 @@ def _downloads_dir() -> Path:
     return paths.cache_root() / "downloads" / "guest-debs"
 
 
-def _download(pkgs: Sequence[tuple[str, str]], log: Log) -> dict[str, Path]:
-    """The .deb of each pinned package, downloaded with apt-get when not cached."""
+def _download(pkgs: Sequence[tuple[str, str]], log: Log) -> dict[str, tuple[str, Path]]:
+    """Name -> (version, .deb) of each package: the pinned version, else the archive's.
+
+    The pinned version is preferred (cached, or downloaded with apt-get).
+    When the archive no longer serves it and no cached copy exists, the
+    archive's current version is taken with a notice: the build goes on,
+    and the image's manifest (and so every snapshot's) records what was
+    used. Every .deb, cached or new, is checked against the SHA256 of the
+    archive's index when the index still lists that version.
+    """
     dest = _downloads_dir()
     dest.mkdir(parents=True, exist_ok=True)
-
-    def cached(name: str, version: str) -> Path | None:
-        hits = sorted(dest.glob(_deb_name(name, version) + "*.deb"))
-        return hits[0] if hits else None
-
-    missing = [(n, v) for n, v in pkgs if cached(n, v) is None]
-    if missing:
-        log("downloading " + ", ".join(f"{n}={v}" for n, v in missing))
-        proc = subprocess.run(["apt-get", "download", *(f"{n}={v}" for n, v in missing)],
-                              cwd=dest, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise CosimError(_download_error(missing, proc.stderr))
     out = {}
-    for n, v in pkgs:
-        deb = cached(n, v)
+    for name, pinned in pkgs:
+        version = pinned
+        deb = _cached_deb(dest, name, pinned) or _apt_download(dest, name, pinned, log)
         if deb is None:
-            raise CosimError(f"apt-get download {n}={v} left no {_deb_name(n, v)}*.deb in {dest}")
-        out[n] = deb
+            current = _candidate(name)
+            if current is None or current == pinned:
+                raise CosimError(f"cannot download guest package {name} {pinned} and the "
+                                 "archive offers no other version; run ./setup.sh (it adds "
+                                 "bookworm-backports and runs apt-get update)")
+            log(f"notice: {name} {pinned} (pinned) is no longer in the archive; using "
+                f"{current}: the image, and the cycle counts of Linux runs, may differ from "
+                "one built with the pin (update PINNED_PACKAGES in cosim/guest_image.py)")
+            version = current
+            deb = _cached_deb(dest, name, current) or _apt_download(dest, name, current, log)
+            if deb is None:
+                raise CosimError(f"cannot download guest package {name} {current} (the "
+                                 "archive's current version); run ./setup.sh")
+        _verify_deb(name, version, deb)
+        out[name] = (version, deb)
     return out
 
 
-def _download_error(missing: Sequence[tuple[str, str]], stderr: str) -> str:
-    """Say which pin failed, what the archive offers instead, and what to run."""
-    errs = [line for line in stderr.splitlines() if line.startswith("E:")]
-    detail = errs[0][3:].strip() if errs else (stderr.strip().splitlines() or ["apt-get failed"])[-1]
-    hints = []
-    for name, version in missing:
-        pol = subprocess.run(["apt-cache", "policy", name], capture_output=True, text=True)
-        m = re.search(r"Candidate:\s*(\S+)", pol.stdout)
-        cand = m.group(1) if m else None
-        if cand and cand not in ("(none)", version):
-            hints.append(f"{name}: the archive now has {cand}, pinned {version}")
-    msg = (f"cannot download the pinned guest packages ({detail}); run ./setup.sh "
-           "(it adds bookworm-backports and runs apt-get update)")
-    if hints:
-        msg += ("; if that does not help Debian has replaced them: "
-                + "; ".join(hints) + " (update PINNED_PACKAGES in cosim/guest_image.py)")
-    return msg
+def _cached_deb(dest: Path, name: str, version: str) -> Path | None:
+    hits = sorted(dest.glob(_deb_name(name, version) + "*.deb"))
+    return hits[0] if hits else None
+
+
+def _apt_download(dest: Path, name: str, version: str, log: Log) -> Path | None:
+    """``apt-get download NAME=VERSION`` into ``dest`` (apt checks the index's hash);
+    the .deb, or None when apt cannot (the version is gone, or no network)."""
+    log(f"downloading {name}={version}")
+    proc = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=dest,
+                          capture_output=True, text=True)
+    return _cached_deb(dest, name, version) if proc.returncode == 0 else None
+
+
+def _candidate(name: str) -> str | None:
+    """The version of ``name`` apt would install now (the archive's), or None."""
+    pol = subprocess.run(["apt-cache", "policy", name], capture_output=True, text=True)
+    m = re.search(r"Candidate:\s*(\S+)", pol.stdout)
+    return m.group(1) if m and m.group(1) != "(none)" else None
+
+
+def _verify_deb(name: str, version: str, deb: Path) -> None:
+    """The .deb's SHA256 against the archive index's, where the index lists the version."""
+    show = subprocess.run(["apt-cache", "show", f"{name}={version}"], capture_output=True,
+                          text=True)
+    sums = re.findall(r"^SHA256:\s*([0-9a-f]{64})", show.stdout, re.M)
+    if sums and _sha256(deb) not in sums:
+        raise CosimError(f"{deb} does not match the SHA256 the archive lists for {name} "
+                         f"{version}; delete it and build again")
 
 
 def _extract(deb: Path, dest: Path, members: Sequence[str] = ()) -> None:
@@ -485,7 +512,8 @@ def build_image(add: Sequence[Path | str] = (), force: bool = False,
 
 
 def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str, log: Log) -> None:
-    debs = _download(PINNED_PACKAGES, log)
+    resolved = _download(PINNED_PACKAGES, log)
+    debs = {name: deb for name, (_, deb) in resolved.items()}
     work = out / "work"
     x, root, bins = work / "x", work / "root", work / "bin"
     for d in (x, root, bins):
@@ -548,7 +576,8 @@ def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str,
         "kernel": KERNEL_VERSION,
         "kernel_sha256": _sha256(out / "vmlinuz"),
         "initrd_sha256": _sha256(out / "initrd.cpio.gz"),
-        "packages": dict(PINNED_PACKAGES),
+        "packages": {name: version for name, (version, _) in resolved.items()},
+        "pinned": dict(PINNED_PACKAGES),
         "tools": tools,
         "modules": list(MODULES),
         "workloads": workloads + [p.name for p in adds],
@@ -576,7 +605,7 @@ def firmware_dir(log: Log = _log_default) -> Path:
     wanted = ("bios-256k.bin", *OPTION_ROMS)
     if all((dest / f).is_file() for f in wanted):
         return dest
-    deb = _download([QEMU_DATA_PACKAGE], log)[name]
+    _, deb = _download([QEMU_DATA_PACKAGE], log)[name]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".x86-{h}.tmp-", dir=dest.parent))
     tmp.chmod(0o755)

@@ -11,6 +11,7 @@ requests (``control.Controller``), so neither ever sees half a turn.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -54,6 +55,14 @@ def parse_size(text: str, flag: str = "--memory") -> int:
         raise CosimError(f"{flag} {text!r}: want a size such as 512M or 2G")
     scale = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
     return int(m.group(1)) * scale
+
+
+def _image_packages(initrd: Path) -> dict[str, str]:
+    """The Debian package versions the guest image was built from (its manifest's record)."""
+    try:
+        return dict(json.loads((initrd.parent / "manifest.json").read_text())["packages"])
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 @dataclass
@@ -321,7 +330,9 @@ class Session:
             "guest": {"arch": self.bridge.arch, "kernel": str(self.config.kernel),
                       "kernel_blake2b": snap.file_digest(self.config.kernel),
                       **({"board": dict(self.config.board.describe(), initrd_blake2b=snap.file_digest(
-                          self.config.board.initrd))} if self.config.board else {})},
+                          self.config.board.initrd)),
+                          "packages": _image_packages(self.config.board.initrd)}
+                         if self.config.board else {})},
             "machine": {"smp": self.config.smp, "memory": self.config.memory,
                         "seed": self.config.seed},
             "command_line": self.bridge.command_line(),

@@ -247,3 +247,33 @@ def test_cxl_region_becomes_numa_node(image, tmp_path):
     assert any(l.startswith("NUMA: available: 3 nodes") for l in lines)
     assert any(l.startswith("TIER: ") and l.endswith("nodes=2") for l in lines)
     assert any(l.startswith("RESULT gups ") for l in lines) and "COSIM-EXIT 0" in lines
+
+
+# ---------------------------------------------------------------- package pins
+
+
+def test_a_pin_the_archive_no_longer_serves_falls_back_with_a_notice(tmp_path, monkeypatch):
+    """A stale pin (Debian moved on) builds with the archive's version and says so."""
+    monkeypatch.setenv("COSIM_CACHE", str(tmp_path))          # nothing cached
+    notices: list[str] = []
+    version, deb = guest_image._download([("libnuma1", "0.0-gone")], notices.append)["libnuma1"]
+    assert version == guest_image._candidate("libnuma1") != "0.0-gone"
+    assert deb.is_file() and deb.parent == tmp_path / "downloads" / "guest-debs"
+    assert any("libnuma1 0.0-gone (pinned) is no longer in the archive" in n
+               and f"using {version}" in n for n in notices), notices
+
+
+def test_a_deb_that_does_not_match_the_archive_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("COSIM_CACHE", str(tmp_path))
+    name = "libnuma1"
+    version = guest_image._candidate(name)
+    dest = guest_image._downloads_dir()
+    dest.mkdir(parents=True)
+    (dest / f"{guest_image._deb_name(name, version)}amd64.deb").write_bytes(b"not the .deb")
+    with pytest.raises(CosimError, match="does not match the SHA256"):
+        guest_image._download([(name, version)], lambda msg: None)
+
+
+def test_manifests_record_the_versions_used(image):
+    assert image.manifest["pinned"] == dict(guest_image.PINNED_PACKAGES)
+    assert set(image.manifest["packages"]) == set(image.manifest["pinned"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cosim import guest_image
 from cosim import snapshot as snap
 from cosim.timing import config as timing_config
 
@@ -54,6 +55,8 @@ def test_boot_shows_both_nodes_and_a_lower_tier(plain):
     assert t[1] > t[0], f"node 1 must be in a lower (higher-numbered) tier: {t}"
     m = snap.Store(root).load("boot_done").manifest
     assert m["guest"]["arch"] == "x86_64" and m["guest"]["board"]["node_bytes"] == [1 << 30] * 2
+    # the Debian package versions the image was built from travel with the snapshot
+    assert set(m["guest"]["packages"]) == {name for name, _ in guest_image.PINNED_PACKAGES}
     cfg = timing_config.load(None, None)
     assert m["guest"]["board"]["hmat_latency_ns"] == [round(cfg.dram.latency_ns),
                                                       round(cfg.cxl_latency_ns)]
