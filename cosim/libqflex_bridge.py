@@ -54,6 +54,13 @@ _PR_SET_PDEATHSIG = 1
 #: costs about as much again on a virtual machine (the plugin spins too).
 SPIN_S = 200e-6
 STDERR_TAIL_LINES = 3
+#: bytes of one plugin frame at most: a report is a few kB (trace records go
+#: through the shared memory), so a longer length means a corrupt stream
+MAX_FRAME_BYTES = 64 << 20
+#: seconds a live QEMU may leave the bridge without a byte before the run
+#: stops (a stopped or hung QEMU); the longest legitimate silence is one
+#: command's turns, a fraction of a second to a few seconds
+ANSWER_DEADLINE_S = 300.0
 
 
 @dataclass
@@ -129,6 +136,15 @@ class QemuConfig:
         """Turns per round-robin round trip: whole rounds, about a batch of instructions."""
         per_batch = TRACE_BATCH_INSNS if self.mode == "trace" else FAST_BATCH_INSNS
         return self.smp * max(1, per_batch // (self.quantum * self.smp))
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP, a debugger): state T or t in /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] in ("T", "t")
 
 
 def qemu_binary(arch: str = "riscv64") -> Path:
@@ -277,6 +293,9 @@ class Bridge:
             return
         self._closed = True
         proc = self._proc
+        if proc is not None and proc.poll() is None and _stopped(proc.pid):
+            proc.kill()         # a stopped QEMU answers neither the plugin nor QMP
+            proc.wait()
         if proc is not None and proc.poll() is None:
             try:
                 if self._sock is not None and not self._exited:
@@ -284,7 +303,9 @@ class Bridge:
             except (OSError, CosimError):
                 pass
             try:
-                self._qmp_client(timeout=1.0).cmd("quit")
+                qmp = self._qmp_client(timeout=1.0)
+                qmp.settimeout(1.0)     # a stopped or hung QEMU never answers
+                qmp.cmd("quit")
             except Exception:
                 pass
             try:
@@ -404,18 +425,21 @@ class Bridge:
         while True:
             msg = self._recv()
             kind = msg.get("t")
-            if kind == "chunk":
-                # the buffer is reused after the ack: keep copies
-                turns += self._turn_ends(msg, copy=True)
-                self._send({"c": "ack"})
-                continue
-            if kind in ("report", "exit"):
-                turns += self._turn_ends(msg, copy=False)
-                # the plugin writes the next command's records into the other
-                # half, so these stay valid until the report after next
-                self._half ^= 1
-                return self._report(msg, turns)
-            raise CosimError(f"unexpected message from the plugin: {msg!r}")
+            try:
+                if kind == "chunk":
+                    # the buffer is reused after the ack: keep copies
+                    turns += self._turn_ends(msg, copy=True)
+                    self._send({"c": "ack"})
+                    continue
+                if kind in ("report", "exit"):
+                    turns += self._turn_ends(msg, copy=False)
+                    # the plugin writes the next command's records into the other
+                    # half, so these stay valid until the report after next
+                    self._half ^= 1
+                    return self._report(msg, turns)
+            except (KeyError, TypeError, ValueError) as e:
+                self._fail(f"sent a malformed {kind} ({type(e).__name__}: {str(e)[:80]})")
+            self._fail(f"sent an unexpected message {str(msg)[:80]}")
 
     def _command(self, cmd: dict) -> Report:
         self._start(cmd)
@@ -501,8 +525,18 @@ class Bridge:
             self._fail(f"broke the plugin connection ({e.strerror})")
 
     def _recv(self) -> dict:
-        head = self._recv_exact(_LEN.size)
-        return msgpack.unpackb(self._recv_exact(_LEN.unpack(head)[0]))
+        """One frame from the plugin: a msgpack map, or a one-line error saying what came."""
+        (size,) = _LEN.unpack(self._recv_exact(_LEN.size))
+        if size > MAX_FRAME_BYTES:
+            self._fail(f"sent a frame of {size} bytes (at most {MAX_FRAME_BYTES}): the plugin "
+                       "connection is corrupt")
+        try:
+            msg = msgpack.unpackb(self._recv_exact(size))
+        except Exception as e:  # unpackb raises several types on arbitrary bytes
+            self._fail(f"sent a malformed frame ({type(e).__name__}: {str(e)[:80]})")
+        if not isinstance(msg, dict):
+            self._fail(f"sent a frame that is not a map ({type(msg).__name__})")
+        return msg
 
     def _recv_exact(self, n: int) -> bytes:
         assert self._sock is not None
@@ -510,6 +544,7 @@ class Bridge:
         view = memoryview(buf)
         got = 0
         spin_until = time.perf_counter() + SPIN_S
+        silent_since = time.monotonic()
         while got < n:
             try:
                 if time.perf_counter() < spin_until:
@@ -520,12 +555,16 @@ class Bridge:
                 continue
             except socket.timeout:
                 self._check_alive()
+                if time.monotonic() - silent_since > ANSWER_DEADLINE_S:
+                    self._fail(f"stopped answering (nothing for {ANSWER_DEADLINE_S:.0f} s: "
+                               "stopped, or hung)")
                 continue
             except OSError as e:
                 self._fail(f"broke the plugin connection ({e.strerror})")
             if k == 0:
                 self._fail("closed the plugin connection")
             got += k
+            silent_since = time.monotonic()
         return bytes(buf)
 
     def _expect(self, kind: str) -> dict:

@@ -80,6 +80,22 @@ def test_qemu_crash_gives_one_line_error_with_stderr_tail() -> None:
     assert "QEMU" in str(err.value)
 
 
+def test_stopped_qemu_is_one_line_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGSTOP QEMU mid-run: the bridge gives up after its deadline with one line."""
+    from cosim import libqflex_bridge
+    monkeypatch.setattr(libqflex_bridge, "ANSWER_DEADLINE_S", 2.0)
+    before = qemu_pids()
+    with open_bridge("spinlock", quantum=1000, mode="fast") as bridge:
+        bridge.rr(4)
+        os.kill(bridge.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(CosimError) as err:
+            bridge.rr(4)
+    assert time.monotonic() - started < 30
+    assert "\n" not in str(err.value) and "stopped answering" in str(err.value)
+    assert qemu_pids() - before == set()
+
+
 def test_killed_bridge_leaves_no_qemu() -> None:
     """SIGKILL the cosim process mid-run: QEMU must not outlive it."""
     before = qemu_pids()
