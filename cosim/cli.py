@@ -26,6 +26,7 @@ from . import snapshot as snap
 from .errors import CosimError, Terminated
 from . import linux_machine
 from .libqflex_bridge import QemuConfig, qemu_binary
+from .limits import MAX_QUANTUM, MAX_SMP
 from .session import RunSpec, Session, parse_size
 from .timing import config as timing_config
 from .timing import stats as timing_stats
@@ -35,12 +36,6 @@ if TYPE_CHECKING:
     from .linux_flow import BootRequest
 
 DEFAULT_GUEST = "spinlock"
-MAX_SMP = 64
-
-
-#: QEMU keeps a turn's instruction budget in a signed 64-bit count
-#: (icount_prepare_for_run); 2^62 leaves room for the sums the bridge forms
-MAX_QUANTUM = 1 << 62
 
 
 def positive_int(flag: str, what: str, most: int | None = None):

@@ -350,29 +350,21 @@ class Session:
 
     def _restore(self, s: snap.Snapshot) -> None:
         """After ``bridge.start()`` with -loadext: plugin, schedule, digest, timing."""
-        try:
-            plugin_state = msgpack.unpackb(s.read(snap.PLUGIN_STATE))
-            run_state = msgpack.unpackb(s.read(snap.RUN_STATE))
-            self.bridge.load_plugin_state(plugin_state)
-            self.schedule.load(run_state["schedule"])
-            self.bridge.digest.load(run_state["digest"])
-        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as e:
-            raise CosimError(f"snapshot {s.name}: its plugin or run state is unreadable ({e})") \
-                from None
+        assert s.plugin is not None and s.run is not None, "restore of an unverified snapshot"
+        self.bridge.load_plugin_state(s.plugin)
+        self.schedule.load(s.run["schedule"])
+        self.bridge.digest.load(s.run["digest"])
         if self.config.quantum != s.manifest["quantum"]:
             self.notes.append(f"quantum {self.config.quantum} (the snapshot ran with "
                               f"{s.manifest['quantum']})")
         if self.spec.timing is None:
             return
-        if not s.has_timing:
+        if s.timing is None:
             if self.spec.warmup == 0:
                 self.notes.append("the snapshot has no timing state: caches start cold "
                                   "(add --warmup N to warm them first)")
             return
-        try:
-            doc = persist.loads(s.read(snap.TIMING_STATE))
-        except ValueError as e:
-            raise CosimError(f"snapshot {s.name}: {snap.TIMING_STATE}: {e}") from None
+        doc = s.timing
         self.model = self._build_model()
         try:
             cold = persist.restore(self.model, doc)

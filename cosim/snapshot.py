@@ -32,14 +32,11 @@ from pathlib import Path
 import platformdirs
 from elftools.elf.elffile import ELFFile
 
+from . import snapshot_format as fmt
 from .errors import CosimError
+from .snapshot_format import (FORMAT, MACHINE_STATE, MANIFEST, PLUGIN_STATE, RUN_STATE,
+                              TIMING_STATE)
 
-MANIFEST = "manifest.json"
-MACHINE_STATE = "machine.state"
-PLUGIN_STATE = "plugin.msgpack"
-RUN_STATE = "run.msgpack"
-TIMING_STATE = "timing.msgpack"
-FORMAT = 1
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TMP_MARK = ".tmp-"
 
@@ -78,18 +75,23 @@ def build_id(binary: Path) -> str:
 
 @dataclass
 class Snapshot:
-    """A complete snapshot on disk, checked against its manifest."""
+    """A complete snapshot on disk, checked against its manifest.
+
+    ``plugin``, ``run`` and ``timing`` are its msgpack members, decoded and
+    checked by ``Store.load`` (``timing`` is None without timing state);
+    they stay None for a snapshot loaded without ``verify`` (a listing).
+    """
 
     name: str
     path: Path
     manifest: dict
+    plugin: dict | None = None
+    run: dict | None = None
+    timing: dict | None = None
 
     @property
     def has_timing(self) -> bool:
         return TIMING_STATE in self.manifest["files"]
-
-    def read(self, member: str) -> bytes:
-        return (self.path / member).read_bytes()
 
 
 class Store:
@@ -185,30 +187,51 @@ class Store:
         shutil.rmtree(tmp, ignore_errors=True)
 
     def load(self, name: str, verify: bool = True) -> Snapshot:
-        """A snapshot, with its files checked against the manifest; one-line errors."""
+        """A snapshot, checked; one-line errors naming the file and the field.
+
+        The manifest is always checked (snapshot_format); with ``verify``
+        every member is also hashed against it and the msgpack members are
+        decoded and checked, so a malformed snapshot is refused before QEMU
+        starts.
+        """
         path = self.path(name)
         if not path.is_dir():
             have = ", ".join(self.names()) or "none"
             raise CosimError(f"snapshot {name}: not found in {self.root} (have: {have})")
         try:
-            manifest = json.loads((path / MANIFEST).read_text())
+            blob = (path / MANIFEST).read_bytes()
         except FileNotFoundError:
             raise CosimError(f"snapshot {name}: {path / MANIFEST} is missing; the snapshot is "
                              "incomplete or not a cosim snapshot (nothing was deleted)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CosimError(f"snapshot {name}: {path / MANIFEST} is not valid JSON ({e})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
-                or not isinstance(manifest.get("files"), dict):
-            raise CosimError(f"snapshot {name}: {path / MANIFEST} is not a cosim snapshot "
-                             f"manifest of format {FORMAT}")
+        except OSError as e:
+            raise CosimError(f"snapshot {name}: {path / MANIFEST}: {e.strerror}") from None
+        manifest = self._checked(name, path / MANIFEST, fmt.manifest, blob)
+        s = Snapshot(name, path, manifest)
         if verify:
             for member, meta in manifest["files"].items():
                 self._verify(name, path / member, meta)
-        return Snapshot(name, path, manifest)
+            smp = manifest["machine"]["smp"]
+            s.plugin = self._checked(name, path / PLUGIN_STATE, fmt.plugin_state,
+                                     (path / PLUGIN_STATE).read_bytes(), smp)
+            s.run = self._checked(name, path / RUN_STATE, fmt.run_state,
+                                  (path / RUN_STATE).read_bytes(), smp)
+            if s.has_timing:
+                s.timing = self._checked(name, path / TIMING_STATE, fmt.timing_state,
+                                         (path / TIMING_STATE).read_bytes(), smp)
+        return s
+
+    @staticmethod
+    def _checked(name: str, path: Path, check, blob: bytes, *args: int) -> dict:
+        try:
+            return check(blob, *args)
+        except fmt.FormatError as e:
+            raise CosimError(f"snapshot {name}: {path.name} is malformed: {e} "
+                             "(nothing was changed)") from None
 
     def _verify(self, name: str, path: Path, meta: dict) -> None:
-        if not path.is_file():
-            raise CosimError(f"snapshot {name}: {path.name} is missing (nothing was deleted)")
+        if not path.is_file() or path.is_symlink():
+            raise CosimError(f"snapshot {name}: {path.name} is missing or not a plain file "
+                             "(nothing was deleted)")
         size = path.stat().st_size
         if size != meta["bytes"]:
             raise CosimError(f"snapshot {name}: {path.name} is truncated or altered "

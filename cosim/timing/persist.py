@@ -62,17 +62,6 @@ def dumps(model: Model, engine: dict, config_toml: str, config_digest: str) -> b
                           "config_digest": config_digest})
 
 
-def loads(blob: bytes) -> dict:
-    """Parse a timing state; ValueError when it is not one."""
-    try:
-        doc = msgpack.unpackb(blob)
-    except Exception as e:
-        raise ValueError(f"not msgpack ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "arrays" not in doc:
-        raise ValueError("not a cosim timing state of format 1")
-    return doc
-
-
 def cache_names(ncores: int, ncaches: int) -> list[str]:
     """Names of the caches by id (as the statistics give them)."""
     names = [f"{level}.{c}" for level in ("l1i", "l1d", "l2") for c in range(ncores)]
