@@ -119,7 +119,9 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
 def add_client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim", metavar="ID", help="which run (id or pid; default: the only one going)")
     p.add_argument("--connect", metavar="HOST:PORT", help="a run serving TCP (cosim run --listen)")
-    p.add_argument("--token", metavar="TOKEN", help="the token that run printed (with --connect)")
+    p.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="with --connect: a file (mode 0600) holding the token that run printed; "
+                        "or set COSIM_TOKEN (a run of yours on this machine needs neither)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -501,7 +503,7 @@ class client_of:
 
     def __init__(self, args: argparse.Namespace) -> None:
         from .control import connect
-        self.client = connect(args.sim, args.connect, args.token)
+        self.client = connect(args.sim, args.connect, args.token_file)
 
     def __enter__(self):
         return self.client, self.client.metadata

@@ -11,7 +11,10 @@ Access: the unix socket lives in a 0700 directory of the user's runtime
 directory, mode 0600, so only the user reaches it. ``--listen HOST:PORT``
 adds a TCP port on which every call needs ``authorization: Bearer TOKEN``;
 the token is random per run, printed once and kept in the run's 0600 info
-file, which is how local clients find runs (``--sim ID``).
+file, which is how local clients find runs (``--sim ID``) and the token of
+a local TCP port. Clients take a token from ``--token-file`` (0600) or
+``COSIM_TOKEN``, never from argv, which every user of the machine can read.
+The runtime directory must be the user's own, 0700, and not a symlink.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import queue
 import secrets
+import stat
 import tempfile
 import time
 from concurrent import futures
@@ -48,24 +52,57 @@ GRPC_WORKERS = 8
 UNIX_PATH_MAX = 107
 POLL_PAUSED_S = 0.2
 REQUEST_TIMEOUT_S = 600.0
+#: Step's largest n: its records (about two of 16 bytes per instruction in
+#: trace mode) come back in one message, and the run holds them until then
+MAX_STEP_INSNS = 1 << 20
+#: messages our clients accept (gRPC's default is 4 MiB; a largest Step is ~32 MiB)
+MAX_MESSAGE_BYTES = 64 << 20
+#: WatchProgress intervals: 0 means the default
+WATCH_DEFAULT_S, WATCH_MIN_S, WATCH_MAX_S = 1.0, 0.05, 3600.0
 _STATES = {"running": pb.Status.RUNNING, "paused": pb.Status.PAUSED,
            "finished": pb.Status.FINISHED, "starting": pb.Status.STARTING}
 
 
 def runtime_dir() -> Path:
     """Private directory for run sockets and info files (created 0700):
-    ``$XDG_RUNTIME_DIR/cosim``, else ``/tmp/cosim-UID``."""
+    ``$XDG_RUNTIME_DIR/cosim``, else ``/tmp/cosim-UID``.
+
+    One that already exists must be a real directory of this user, mode
+    0700: in a shared /tmp another user could have made it first (or a
+    symlink to a directory of theirs) to receive the sockets and tokens.
+    """
     candidates = [Path(tempfile.gettempdir()) / f"cosim-{os.getuid()}"]
     if os.environ.get("XDG_RUNTIME_DIR"):
         candidates.insert(0, Path(os.environ["XDG_RUNTIME_DIR"]) / "cosim")
     for base in candidates:
         try:
-            base.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(base, 0o700)
-            return base
+            base.mkdir(mode=0o700, parents=True)
+            os.chmod(base, 0o700, follow_symlinks=False)    # whatever the umask
+        except FileExistsError:
+            pass
         except OSError:
             continue
-    raise CosimError("no writable runtime directory for the control socket")
+        return _private(base)
+    raise CosimError("no writable runtime directory for the control socket; set "
+                     "XDG_RUNTIME_DIR to a directory of yours")
+
+
+def _private(base: Path) -> Path:
+    """``base`` if only this user can reach it, else a one-line refusal saying what to fix."""
+    st = os.lstat(base)
+    fix = "remove it, or set XDG_RUNTIME_DIR to a directory of yours"
+    if stat.S_ISLNK(st.st_mode):
+        raise CosimError(f"runtime directory {base} is a symlink; cosim keeps control sockets "
+                         f"only in a real directory ({fix})")
+    if not stat.S_ISDIR(st.st_mode):
+        raise CosimError(f"runtime directory {base} is not a directory ({fix})")
+    if st.st_uid != os.getuid():
+        raise CosimError(f"runtime directory {base} belongs to uid {st.st_uid}, not to you "
+                         f"(uid {os.getuid()}) ({fix})")
+    if st.st_mode & 0o077:
+        raise CosimError(f"runtime directory {base} has mode {stat.S_IMODE(st.st_mode):04o}; "
+                         f"it must be 0700 (chmod 700 {base})")
+    return base
 
 
 class RequestError(Exception):
@@ -266,8 +303,10 @@ class Servicer(pb_grpc.ControlServicer):
         if not 0 <= request.vcpu < nvcpus:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"vcpu {request.vcpu}: this run has vCPUs 0..{nvcpus - 1}")
-        if request.n <= 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"n {request.n}: must be > 0")
+        if not 0 < request.n <= MAX_STEP_INSNS:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"n {request.n}: must be 1..{MAX_STEP_INSNS} (a Step's trace comes "
+                          "back in one message; step again for more)")
 
         def step() -> pb.StepResponse:
             turns, status = self.c.call("step", vcpu=request.vcpu, n=request.n)
@@ -300,7 +339,11 @@ class Servicer(pb_grpc.ControlServicer):
 
     def WatchProgress(self, request, context) -> Iterator[pb.Status]:
         self._guard(context)
-        interval = request.interval_seconds if request.interval_seconds > 0 else 1.0
+        interval = request.interval_seconds or WATCH_DEFAULT_S
+        if not WATCH_MIN_S <= interval <= WATCH_MAX_S:      # NaN fails too
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"interval_seconds {request.interval_seconds}: want 0 (every "
+                          f"{WATCH_DEFAULT_S:g} s) or {WATCH_MIN_S:g}..{WATCH_MAX_S:g}")
         while context.is_active():
             status = self._status()
             yield status
@@ -415,11 +458,35 @@ class Client:
         self.channel.close()
 
 
+def client_token(address: str, token_file: Path | None) -> str | None:
+    """The token for a TCP run: ``token_file``, else ``$COSIM_TOKEN``, else the info file of a
+    run of this user on this machine serving that port; never a command-line argument (other
+    users see argv in ps)."""
+    if token_file is not None:
+        try:
+            st = os.stat(token_file)
+            if st.st_mode & 0o077:
+                raise CosimError(f"--token-file {token_file}: mode {stat.S_IMODE(st.st_mode):04o} "
+                                 f"lets others read it; chmod 600 {token_file}")
+            return token_file.read_text().strip()
+        except OSError as e:
+            raise CosimError(f"--token-file {token_file}: {e.strerror}") from None
+    if os.environ.get("COSIM_TOKEN"):
+        return os.environ["COSIM_TOKEN"].strip()
+    port = address.rpartition(":")[2]
+    for info in running_sims():
+        if info.get("token") and str(info.get("port")) == port:
+            return info["token"]
+    return None
+
+
 def connect(sim: str | None = None, address: str | None = None,
-            token: str | None = None) -> Client:
+            token_file: Path | None = None) -> Client:
     """A client of the run ``sim`` (id or pid), of the only run going, or of a TCP address."""
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
     if address:
-        channel = grpc.insecure_channel(address)
+        channel = grpc.insecure_channel(address, options=options)
+        token = client_token(address, token_file)
         meta = (("authorization", f"Bearer {token}"),) if token else ()
         return Client(pb_grpc.ControlStub(channel), meta, channel)
     sims = running_sims()
@@ -433,5 +500,5 @@ def connect(sim: str | None = None, address: str | None = None,
     if len(sims) > 1:
         raise CosimError("several runs are going: " + ", ".join(s["id"] for s in sims)
                          + "; pick one with --sim ID")
-    channel = grpc.insecure_channel(f"unix:{sims[0]['socket']}")
+    channel = grpc.insecure_channel(f"unix:{sims[0]['socket']}", options=options)
     return Client(pb_grpc.ControlStub(channel), (), channel)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -79,6 +80,13 @@ def test_bad_requests_are_rejected_and_the_server_keeps_serving(paused_run) -> N
     for name in ("a/b", "..", "../up", ""):
         assert code_of(lambda: stub.SaveSnapshot(pb.SaveSnapshotRequest(name=name))) == \
             grpc.StatusCode.INVALID_ARGUMENT
+    # too big to hold in one reply: refused before it runs
+    assert code_of(lambda: stub.Step(pb.StepRequest(vcpu=0, n=control.MAX_STEP_INSNS + 1))) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    for interval in (-1.0, 0.001, 1e9, float("nan")):
+        stream = stub.WatchProgress(pb.WatchProgressRequest(interval_seconds=interval))
+        assert code_of(lambda: next(stream)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(stub.GetStatus(pb.GetStatusRequest()).insns) == [0, 0]
     # still serving, and a valid Step runs exactly n instructions with its trace
     resp = stub.Step(pb.StepRequest(vcpu=1, n=500))
     assert [(t.vcpu, t.executed) for t in resp.turns] == [(1, 500)]
@@ -122,6 +130,51 @@ def test_tcp_needs_the_token(paused_run) -> None:
     tcp.Stop(pb.StopRequest(), metadata=good)
     out, _ = proc.communicate(timeout=60)
     assert json.loads(out)["stopped_by"] == "control-stop"
+
+
+def test_cli_clients_take_the_token_from_the_environment_or_a_private_file(
+        paused_run, tmp_path: Path) -> None:
+    proc, _, _, token, info = paused_run
+    tcp = ("--connect", f"127.0.0.1:{info['port']}", "--json")
+    bad = cosim("status", *tcp, env={"COSIM_TOKEN": "not-the-token"})
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unauthenticated" in bad.stderr
+    assert json.loads(cosim("status", *tcp, env={"COSIM_TOKEN": token}).stdout)["vcpus"] == 2
+    f = tmp_path / "token"
+    f.write_text(token + "\n")
+    f.chmod(0o644)
+    loose = cosim("status", *tcp, "--token-file", str(f))
+    assert loose.returncode == 2 and f"chmod 600 {f}" in loose.stderr, loose.stderr
+    f.chmod(0o600)
+    assert json.loads(cosim("status", *tcp, "--token-file", str(f)).stdout)["vcpus"] == 2
+    # a run of the same user on this machine: its info file has the token
+    assert json.loads(cosim("status", *tcp).stdout)["state"] == "PAUSED"
+    assert "--token" not in " ".join(open(f"/proc/{proc.pid}/cmdline").read().split("\0"))
+
+
+@pytest.mark.parametrize("damage", ["symlink", "mode", "owner"])
+def test_an_unsafe_runtime_directory_is_refused(tmp_path: Path, damage: str) -> None:
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    d = rt / "cosim"
+    if damage == "symlink":
+        (tmp_path / "theirs").mkdir(mode=0o700)
+        d.symlink_to(tmp_path / "theirs")
+    else:
+        d.mkdir(mode=0o700)
+        if damage == "mode":
+            d.chmod(0o755)
+        else:
+            os.chown(d, 65534, 65534)
+    proc = cosim("status", env={"XDG_RUNTIME_DIR": str(rt)})
+    assert proc.returncode == 2, proc.stderr
+    want = {"symlink": "is a symlink", "mode": "has mode 0755", "owner": "belongs to uid 65534"}
+    assert proc.stderr.count("\n") == 1 and want[damage] in proc.stderr, proc.stderr
+
+
+def test_a_fresh_runtime_directory_is_private(tmp_path: Path) -> None:
+    proc = cosim("status", env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    assert proc.returncode == 2 and "no cosim run is going" in proc.stderr
+    assert (tmp_path / "cosim").stat().st_mode & 0o777 == 0o700
 
 
 def test_cli_clients_and_progress_stream(paused_run) -> None:
