@@ -5,8 +5,10 @@ Runs riscv workloads under ``--timing`` once to record every kernel call
 those calls on a fresh model, timed, with nothing else running: no QEMU,
 no bridge, no Python between calls. It prints ns per record and a digest
 of everything the kernels computed (cache, core and memory state, every
-turn's ticks), so a change meant to speed the kernels up without changing
-what they compute shows the same digest before and after.
+turn's ticks; cache lines and recency as ``canonical_state`` gives them, so
+a new layout of the same state digests the same), so a change meant to
+speed the kernels up without changing what they compute shows the same
+digest before and after.
 
     .venv/bin/python bench/bench_kernels.py [--insns 20000000] [--repeat 3] [--against REV]
 
@@ -50,11 +52,13 @@ CASES = (("stream 1h", "stream-n1m-r8", 1), ("stream 4h", "stream-n1m-r8", 4),
 CACHE = REPO / "build" / "kernel-traces"
 AB = REPO / "build" / "kernel-ab"
 KERNEL_MODULES = ("caches", "hierarchy", "memory", "core")
+#: ... and the module that lays out their arrays (a revision's kernels need its own layout)
+LAYOUT_MODULE = "state"
 
 
-def _model(kernel: str, smp: int) -> state.Model:
-    return state.build(timing_config.load(), smp, [(RAM_BASE, RAM_SIZE)],
-                       roi=stats.roi_addresses(build.guest_elf(kernel)))
+def _model(kernel: str, smp: int, layout: types.ModuleType = state) -> state.Model:
+    return layout.build(timing_config.load(), smp, [(RAM_BASE, RAM_SIZE)],
+                        roi=stats.roi_addresses(build.guest_elf(kernel)))
 
 
 def capture(kernel: str, smp: int, insns: int) -> list[tuple[str, tuple]]:
@@ -96,8 +100,12 @@ def _records(call: tuple[str, tuple]) -> int:
     return len(call[1][1])
 
 
-def kernels_of(rev: str) -> types.ModuleType:
-    """The ``core`` kernel module of git revision ``rev``, imported as a package of its own."""
+def kernels_of(rev: str) -> tuple[types.ModuleType, types.ModuleType]:
+    """The ``core`` kernel module and the ``state`` layout of git revision ``rev``.
+
+    Imported as a package of its own; its ``state`` takes the configuration
+    classes of this checkout.
+    """
     sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO,
                          capture_output=True, text=True)
     if sha.returncode != 0:
@@ -106,14 +114,17 @@ def kernels_of(rev: str) -> types.ModuleType:
     package = AB / name
     if not (package / "__init__.py").exists():
         package.mkdir(parents=True, exist_ok=True)
-        for module in KERNEL_MODULES:
+        for module in (*KERNEL_MODULES, LAYOUT_MODULE):
             source = subprocess.run(["git", "show", f"{rev}:cosim/timing/{module}.py"], cwd=REPO,
                                     check=True, capture_output=True).stdout
+            if module == LAYOUT_MODULE:
+                source = source.replace(b"from .config import", b"from cosim.timing.config import")
             (package / f"{module}.py").write_bytes(source)
         (package / "__init__.py").write_text(f"# kernels of {rev}, for bench_kernels --against\n")
     if str(AB) not in sys.path:
         sys.path.insert(0, str(AB))
-    return importlib.import_module(f"{name}.core")
+    return (importlib.import_module(f"{name}.core"),
+            importlib.import_module(f"{name}.{LAYOUT_MODULE}"))
 
 
 def replay(model: state.Model, calls: list[tuple[str, tuple]],
@@ -134,10 +145,41 @@ def replay(model: state.Model, calls: list[tuple[str, tuple]],
         else:
             h.update(args[4].tobytes())
             h.update(args[5].tobytes())
-    for arrays in (K, H.C, H.Mm, (H.hp, H.pf, H.own)):
-        for a in arrays:
-            h.update(np.ascontiguousarray(a).tobytes())
+    for a in canonical_state(model):
+        h.update(np.ascontiguousarray(a).tobytes())
     return spent, h.hexdigest()
+
+
+def _ranks(stamps: np.ndarray, groups: int) -> np.ndarray:
+    """Recency ranks (0 = latest) of stamps in ``groups`` rows, ties in index order."""
+    st = stamps.reshape(groups, -1)
+    order = np.argsort(-st, axis=1, kind="stable")
+    r = np.empty(st.shape, dtype=np.uint8)
+    r[np.arange(groups)[:, None], order] = np.arange(st.shape[1], dtype=np.uint8)
+    return r.ravel()
+
+
+def canonical_state(model: state.Model) -> list[np.ndarray]:
+    """Everything the kernels keep, in a form that does not depend on how it is laid out.
+
+    Cache lines as (line << 2 | MESI state) and the recency rank of each way
+    in its set, whether a version keeps them so or as tags, states and time
+    stamps (before 2026-12-06); the prefetchers' streams by their recency
+    order rather than by the values of the clock that stamped them. So a
+    version with another layout that computes the same shows the same digest.
+    """
+    K, H = model.K, model.H
+    C = H.C
+    if hasattr(C, "key"):
+        key, rank = C.key, C.rank
+    else:
+        key = (C.tags.astype(np.int64) << 2) | C.state.astype(np.int64)
+        rank = np.concatenate([_ranks(C.stamp[o:o + s * w], s) for o, s, w in C.geom[:, :3]])
+    # the stream tables by field (2026-12-06 on) rather than by stream
+    pf = H.pf.copy() if hasattr(C, "key") else H.pf.transpose(0, 2, 1).copy()
+    ncores, _, streams = pf.shape
+    pf[:, 2, :] = _ranks(pf[:, 2, :].ravel(), ncores).reshape(ncores, streams)
+    return [*K, key, rank, C.ready, C.src, C.geom, C.stats, C.rng, *H.Mm, H.hp, pf, H.own]
 
 
 def load(label: str, kernel: str, smp: int, insns: int) -> list[tuple[str, tuple]]:
@@ -161,7 +203,7 @@ def main() -> int:
     parser.add_argument("--case", action="append", help="only these labels (e.g. 'gups 4h')")
     parser.add_argument("--against", metavar="REV", help="also time the kernels of git revision REV")
     args = parser.parse_args()
-    versions = {"this": core}
+    versions = {"this": (core, state)}
     if args.against:
         versions[args.against] = kernels_of(args.against)
     print(f"kernels alone on recorded round-order traces, best of {args.repeat}")
@@ -174,8 +216,8 @@ def main() -> int:
         nrec = sum(_records(c) for c in calls)
         results: dict[str, list[tuple[float, str]]] = {v: [] for v in versions}
         for _ in range(args.repeat):
-            for v, kernels in versions.items():
-                results[v].append(replay(_model(kernel, smp), calls, kernels))
+            for v, (kernels, layout) in versions.items():
+                results[v].append(replay(_model(kernel, smp, layout), calls, kernels))
         digests = {v: {d for _, d in r} for v, r in results.items()}
         if any(len(d) != 1 for d in digests.values()):
             print(f"{label}: replays differ: {digests}", file=sys.stderr)

@@ -210,7 +210,7 @@ class Engine(Struct):
 
 
 class TimingState(_Struct):
-    format: Literal[1]
+    format: Literal[1, 2]               # 1: cache lines as tags, states and stamps
     ncores: Vcpus
     arrays: dict[str, object]           # each an Array, checked under its name
     engine: Engine
@@ -327,7 +327,8 @@ def _check_lines(t: TimingState, arrays: dict[str, Array]) -> None:
         if offset + sets * ways > total:
             raise FormatError(f"cache_geometry[{cid}]: lines {offset}..{offset + sets * ways} "
                               f"beyond the {total} saved")
-    for field in ("H.C.tags", "H.C.state", "H.C.stamp", "H.C.ready", "H.C.src"):
+    for field in ("H.C.key", "H.C.rank", "H.C.tags", "H.C.state", "H.C.stamp", "H.C.ready",
+                  "H.C.src"):
         a = arrays.get(field)
         if a is not None and math.prod(a.shape) != total:
             raise FormatError(f"arrays.{field}: {math.prod(a.shape)} lines, the cache "

@@ -1,9 +1,25 @@
 """Set-associative caches stored as flat numpy arrays, for numba kernels.
 
 Every cache of the machine (per-core L1I, L1D, L2 and the LLC slices) lives
-in the same three flat arrays (tag, MESI state, replacement stamp); row
-``cid`` of ``geom`` says where its sets start and how it is shaped. Flat
-arrays let one compiled kernel walk any cache without Python objects.
+in the same flat per-line arrays; row ``cid`` of ``geom`` says where its
+sets start and how it is shaped.
+
+The layout is chosen for the host's caches, which bound the kernels' speed:
+a simulated miss searches several sets of caches far larger than the host's
+own (the L2s and the LLC are megabytes of model state), so every host cache
+line a search touches costs tens to hundreds of nanoseconds.
+
+- ``key`` packs a line's address and its MESI state into one word
+  (``line << 2 | state``), so a search reads one array: a 16-way set is two
+  host cache lines (the arrays are 64-byte aligned). A free way has state I
+  and keeps its last tag.
+- ``rank`` is the recency order within a set, one byte per way (0 = used
+  last, ``ways - 1`` = the least recently used; for FIFO, inserted last),
+  instead of a 64-bit time stamp per way: the victim search and an update
+  read one host line per set, not two, and a hit on the line a set used
+  last, the common case, changes nothing. The ranks of a set are always a
+  permutation of ``0 .. ways - 1``, so they order the ways exactly as
+  stamps from a global clock did.
 """
 
 from __future__ import annotations
@@ -11,10 +27,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-# MESI states (the LLC uses I, S = clean, M = dirty)
+# MESI states (the LLC uses I, S = clean, M = dirty), the low two bits of a key
 I, S, E, M = 0, 1, 2, 3
+STATE_BITS = 2
+STATE_MASK = 3
+FREE_KEY = -1 << STATE_BITS     # a way never filled: tag -1, state I
 
 POLICY_LRU, POLICY_FIFO, POLICY_RANDOM = 0, 1, 2
 POLICIES = {"lru": POLICY_LRU, "fifo": POLICY_FIFO, "random": POLICY_RANDOM}
@@ -28,19 +50,34 @@ CS_ACCESSES, CS_MISSES, CS_WRITEBACKS, CS_INVALIDATIONS, CS_DOWNGRADES, CS_PREFE
 NCSTATS = 6
 CSTAT_NAMES = ("accesses", "misses", "writebacks", "invalidations", "downgrades", "prefetches")
 
+HOST_LINE = 64                  # bytes: the arrays start on a host cache line
+
 
 class CacheArrays(NamedTuple):
     """All caches of the machine (see module docstring)."""
 
-    tags: np.ndarray     # int64[lines]: line address
-    state: np.ndarray    # int8[lines]: I/S/E/M
-    stamp: np.ndarray    # int64[lines]: LRU last use / FIFO insertion
+    key: np.ndarray      # int64[lines]: line address << 2 | MESI state
+    rank: np.ndarray     # uint8[lines]: recency within the set, 0 = most recent
     ready: np.ndarray    # int64[lines]: time the fill completes (in-flight lines)
     src: np.ndarray      # int8[lines]: hierarchy level that served the fill
     geom: np.ndarray     # int64[ncaches, NGEOM]
     stats: np.ndarray    # int64[ncaches, NCSTATS]
     rng: np.ndarray      # uint64[ncaches]: xorshift state for random replacement
-    clock: np.ndarray    # int64[1]: replacement clock
+
+
+def aligned(n: int, dtype: np.dtype | type, fill: int) -> np.ndarray:
+    """``np.full(n, fill, dtype)`` starting on a host cache line."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(n * itemsize + HOST_LINE, dtype=np.uint8)
+    skip = -raw.ctypes.data % HOST_LINE
+    a = raw[skip:skip + n * itemsize].view(dtype)
+    a[...] = fill
+    return a
+
+
+def fresh_ranks(sets: int, ways: int) -> np.ndarray:
+    """Ranks of an empty cache: way w of every set has rank w."""
+    return np.tile(np.arange(ways, dtype=np.uint8), sets)
 
 
 def allocate(shapes: list[tuple[int, int, int, int]], seed: int) -> CacheArrays:
@@ -52,65 +89,146 @@ def allocate(shapes: list[tuple[int, int, int, int]], seed: int) -> CacheArrays:
         offset += sets * ways
     rng = np.array([(seed * 0x9E3779B97F4A7C15 + cid + 1) % (1 << 64) or 1
                     for cid in range(len(shapes))], dtype=np.uint64)
+    rank = aligned(offset, np.uint8, 0)
+    for off, sets, ways, _, _ in geom:
+        rank[off:off + sets * ways] = fresh_ranks(int(sets), int(ways))
     return CacheArrays(
-        tags=np.full(offset, -1, dtype=np.int64),
-        state=np.zeros(offset, dtype=np.int8),
-        stamp=np.zeros(offset, dtype=np.int64),
-        ready=np.zeros(offset, dtype=np.int64),
-        src=np.zeros(offset, dtype=np.int8),
+        key=aligned(offset, np.int64, FREE_KEY),
+        rank=rank,
+        ready=aligned(offset, np.int64, 0),
+        src=aligned(offset, np.int8, 0),
         geom=geom,
         stats=np.zeros((len(shapes), NCSTATS), dtype=np.int64),
         rng=rng,
-        clock=np.zeros(1, dtype=np.int64),
     )
+
+
+@intrinsic
+def _host_prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+    """Have the host CPU start loading ``arr[idx]`` into its caches (LLVM's prefetch).
+
+    A hint: it changes no value the kernels compute, only when the host
+    has the data at hand.
+    """
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        arrty = signature.args[0]
+        ary = context.make_array(arrty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [args[1]],
+                                       wraparound=False, boundscheck=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        # a read, to be kept in every level, of data
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def warm_set(C: CacheArrays, cid: int, key: int, ranks: bool) -> None:
+    """Have the host start loading the keys (and ``ranks``) of the set of ``key``.
+
+    A miss searches sets of several caches that are far larger than the
+    host's own; loading them at once, rather than each when its search
+    begins, overlaps the host's cache misses.
+    """
+    base = set_base(C, cid, key)
+    _host_prefetch(C.key, base)
+    last = base + C.geom[cid, G_WAYS] - 1
+    if last - base >= HOST_LINE // 8:
+        _host_prefetch(C.key, last)
+    if ranks:
+        _host_prefetch(C.rank, base)
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def u(i: int) -> np.uint64:
+    """A slot index as unsigned: numba then indexes without the code that wraps
+    negative indices around (a third of a set search's instructions)."""
+    return np.uint64(i)
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def state(C: CacheArrays, j: int) -> int:
+    """MESI state of slot ``j``."""
+    return C.key[u(j)] & STATE_MASK
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def set_state(C: CacheArrays, j: int, s: int) -> None:
+    """Give slot ``j`` state ``s``, keeping its line (I frees the way)."""
+    C.key[u(j)] = (C.key[u(j)] & ~STATE_MASK) | s
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def holds(C: CacheArrays, j: int, line: int) -> bool:
+    """Slot ``j`` holds ``line`` in a state other than I."""
+    d = C.key[u(j)] - (line << STATE_BITS)
+    return 0 < d <= STATE_MASK
 
 
 @njit(_nrt=False, cache=True, inline="always")
 def set_base(C: CacheArrays, cid: int, key: int) -> int:
     """Index of way 0 of the set that ``key`` selects."""
-    return C.geom[cid, G_OFFSET] + (key & (C.geom[cid, G_SETS] - 1)) * C.geom[cid, G_WAYS]
+    g = u(cid)
+    return C.geom[g, G_OFFSET] + (key & (C.geom[g, G_SETS] - 1)) * C.geom[g, G_WAYS]
 
 
 @njit(_nrt=False, cache=True, inline="always")
 def find(C: CacheArrays, cid: int, key: int, line: int) -> int:
     """Slot holding ``line`` in cache ``cid``, or -1."""
     base = set_base(C, cid, key)
-    for w in range(C.geom[cid, G_WAYS]):
-        j = base + w
-        if C.state[j] != I and C.tags[j] == line:
-            return j
+    ub = u(base)
+    lk = line << STATE_BITS
+    for w in range(C.geom[u(cid), G_WAYS]):
+        d = C.key[ub + u(w)] - lk
+        if 0 < d <= STATE_MASK:
+            return base + w
     return -1
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def touch(C: CacheArrays, cid: int, j: int) -> None:
-    """Record a use (only LRU cares)."""
-    if C.geom[cid, G_POLICY] == POLICY_LRU:
-        C.clock[0] += 1
-        C.stamp[j] = C.clock[0]
+def _promote(C: CacheArrays, base: int, ways: int, j: int) -> None:
+    """Make slot ``j`` the most recent of its set; the ways more recent than it age by one."""
+    old = C.rank[u(j)]
+    if old == 0:
+        return
+    ub = u(base)
+    for w in range(ways):
+        r = C.rank[ub + u(w)]
+        C.rank[ub + u(w)] = r + (r < old)
+    C.rank[u(j)] = 0
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def touch(C: CacheArrays, cid: int, key: int, j: int) -> None:
+    """Record a use of slot ``j`` in the set of ``key`` (only LRU cares)."""
+    # a hit on the set's most recent way, the common case, changes nothing
+    if C.rank[u(j)] != 0 and C.geom[u(cid), G_POLICY] == POLICY_LRU:
+        _promote(C, set_base(C, cid, key), C.geom[u(cid), G_WAYS], j)
 
 
 @njit(_nrt=False, cache=True, inline="always")
 def victim(C: CacheArrays, cid: int, key: int) -> int:
-    """Slot to fill in the set of ``key``: an invalid way, else by policy."""
+    """Slot to fill in the set of ``key``: the first free way, else by policy."""
     base = set_base(C, cid, key)
+    ub = u(base)
     ways = C.geom[cid, G_WAYS]
-    if C.geom[cid, G_POLICY] != POLICY_RANDOM:
-        # the first invalid way, else the first with the oldest stamp; the
-        # minimum is taken without a branch per way, then looked up
-        oldest = C.stamp[base]
-        for w in range(ways):
-            j = base + w
-            if C.state[j] == I:
-                return j
-            oldest = min(oldest, C.stamp[j])
-        j = base
-        while C.stamp[j] != oldest:
-            j += 1
-        return j
     for w in range(ways):
-        if C.state[base + w] == I:
+        if C.key[ub + u(w)] & STATE_MASK == I:
             return base + w
+    if C.geom[cid, G_POLICY] != POLICY_RANDOM:
+        # every way is valid: the least recent one has the last rank
+        w = 0
+        while C.rank[ub + u(w)] != ways - 1:
+            w += 1
+        return base + w
     x = C.rng[cid]
     x ^= x << np.uint64(13)
     x ^= x >> np.uint64(7)
@@ -120,17 +238,17 @@ def victim(C: CacheArrays, cid: int, key: int) -> int:
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def install(C: CacheArrays, j: int, line: int, state: int, ready: int, src: int) -> None:
-    """Put ``line`` in slot ``j`` (the caller has dealt with the old line).
+def install(C: CacheArrays, cid: int, key: int, j: int, line: int, state: int, ready: int,
+            src: int) -> None:
+    """Put ``line`` in slot ``j`` of the set of ``key`` (the caller has dealt with the old line).
 
     ``ready`` is when the data arrives and ``src`` the level it comes from:
     an access that finds the line still in flight (a second miss to the
     same line, or a prefetch not yet complete) waits for it and is charged
-    to that level, as an MSHR merge would be.
+    to that level, as an MSHR merge would be. The line becomes the most
+    recent of its set under every policy (FIFO orders by insertion).
     """
-    C.tags[j] = line
-    C.state[j] = state
-    C.ready[j] = ready
-    C.src[j] = src
-    C.clock[0] += 1
-    C.stamp[j] = C.clock[0]
+    C.key[u(j)] = (line << STATE_BITS) | state
+    C.ready[u(j)] = ready
+    C.src[u(j)] = src
+    _promote(C, set_base(C, cid, key), C.geom[cid, G_WAYS], j)

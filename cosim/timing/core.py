@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 from . import hierarchy, memory
-from .caches import G_LATENCY
+from .caches import G_LATENCY, u
 from .hierarchy import Hier
 from .memory import TIER_CXL, TIER_DRAM, TS_READ_BYTES, TS_WRITE_BYTES
 
@@ -127,8 +127,9 @@ def _data_access(K: CoreArrays, H: Hier, c: int, line: int, write: bool, issue: 
     j = hierarchy.l1_hit(H, c, line, write, False, hint)
     if j >= 0:
         done = issue + hit_lat
-        if C.ready[j] > done:
-            return C.ready[j], LEVEL_CAT[C.src[j]], j
+        ready = C.ready[u(j)]
+        if ready > done:
+            return ready, LEVEL_CAT[C.src[u(j)]], j
         return done, CAT_L1D, j
     slot, issue = _take_mshr(K, c, issue)
     lat, level = hierarchy.access(H, c, line, write, False, issue, j)
@@ -151,7 +152,10 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
     """Advance core ``c`` over one turn of ``executed`` instructions; returns its ticks.
 
     ``recs``: the turn's trace records (``cosim.trace.RECORD_DTYPE``), passed
-    as they are: one argument, no per-field views to build per call.
+    as they are: one argument, no per-field views to build per call. The
+    core's rows of the per-core arrays are taken once and indexed unsigned
+    (``caches.u``), and its event counts kept in locals until the turn ends:
+    this loop runs once per record.
     """
     p = K.params
     cpi = p[C_CPI]
@@ -161,16 +165,19 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
     n = H.hp[hierarchy.H_NCORES]
     l1d_lat = H.C.geom[n + c, G_LATENCY]
     l1i_lat = H.C.geom[c, G_LATENCY]
-    sc = K.scal
-    base = sc[c, T_TIME]
-    ibase = sc[c, T_INSNS]
-    head = sc[c, T_HEAD]
-    count = sc[c, T_COUNT]
-    ldhead = sc[c, T_LDHEAD]
-    sbhead = sc[c, T_SBHEAD]
-    sbcount = sc[c, T_SBCOUNT]
-    sblast = sc[c, T_SBLAST]
-    sblast_cat = sc[c, T_SBLAST_CAT]
+    sc = K.scal[c]
+    fifo_idx, fifo_done, fifo_cat = K.fifo_idx[c], K.fifo_done[c], K.fifo_cat[c]
+    sb_done, sb_cat, ld_done, cycles = K.sb_done[c], K.sb_cat[c], K.ld_done[c], K.cpi[c]
+    base = sc[T_TIME]
+    ibase = sc[T_INSNS]
+    head = sc[T_HEAD]
+    count = sc[T_COUNT]
+    ldhead = sc[T_LDHEAD]
+    sbhead = sc[T_SBHEAD]
+    sbcount = sc[T_SBCOUNT]
+    sblast = sc[T_SBLAST]
+    sblast_cat = sc[T_SBLAST_CAT]
+    fetches = loads = stores = ios = 0
     stall = 0
     ihint = -1      # L1I / L1D slots the last fetch / data access hit
     dhint = -1
@@ -183,63 +190,63 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
         now = base + i * cpi + stall
         ai = ibase + i
         # the reorder buffer is full behind a long operation: wait for it
-        while count > 0 and K.fifo_idx[c, head] + rob <= ai:
-            done = K.fifo_done[c, head]
+        while count > 0 and fifo_idx[u(head)] + rob <= ai:
+            done = fifo_done[u(head)]
             if done > now:
-                K.cpi[c, K.fifo_cat[c, head]] += done - now
+                cycles[u(fifo_cat[u(head)])] += done - now
                 stall += done - now
                 now = done
             head = _wrap(head + 1, rob)
             count -= 1
         if fl & FLAG_IO and not memory.in_ram(H.Mm, a):
             # device register: uncached and serialising
-            sc[c, T_IO] += 1
-            K.cpi[c, CAT_IO] += p[C_IO_LAT]
+            ios += 1
+            cycles[CAT_IO] += p[C_IO_LAT]
             stall += p[C_IO_LAT]
             continue
         line = a >> shift
         if k == KIND_IFETCH:
-            sc[c, T_FETCHES] += 1
+            fetches += 1
             miss = hierarchy.l1_hit(H, c, line, False, True, ihint)
             ihint = miss
             if miss < 0:
                 lat, level = hierarchy.access(H, c, line, False, True, now, miss)
                 if lat > l1i_lat:
-                    K.cpi[c, CAT_L1I] += lat - l1i_lat
+                    cycles[CAT_L1I] += lat - l1i_lat
                     stall += lat - l1i_lat
         elif k == KIND_LOAD:
-            sc[c, T_LOADS] += 1
+            loads += 1
             issue = now
             dep = (fl >> FLAG_DEP_SHIFT) & 7
             if dep:
-                producer = K.ld_done[c, (ldhead - (dep - 1)) % LD_RING]
+                producer = ld_done[u((ldhead - (dep - 1)) & (LD_RING - 1))]
                 if producer > issue:
                     issue = producer
             done, cat, dhint = _data_access(K, H, c, line, False, issue, l1d_lat, dhint)
-            ldhead = (ldhead + 1) % LD_RING
-            K.ld_done[c, ldhead] = done
+            ldhead = (ldhead + 1) & (LD_RING - 1)
+            ld_done[u(ldhead)] = done
             if done > now + l1d_lat:
                 # entries older than rob instructions were retired above, so
                 # at most rob - 1 remain and the ring has room
-                tail = _wrap(head + count, rob)
-                K.fifo_idx[c, tail] = ai
-                K.fifo_done[c, tail] = done
-                K.fifo_cat[c, tail] = cat
+                tail = u(_wrap(head + count, rob))
+                fifo_idx[tail] = ai
+                fifo_done[tail] = done
+                fifo_cat[tail] = cat
                 count += 1
         else:
-            sc[c, T_STORES] += 1
+            stores += 1
             if p[C_ROI_BEGIN] == a:
                 _roi_mark(K, H, c, 0, now, ai)
             elif p[C_ROI_END] == a:
                 _roi_mark(K, H, c, 1, now, ai)
             # stores that have left the buffer free their entries; a full
             # buffer stalls dispatch until its oldest store leaves
-            while sbcount > 0 and K.sb_done[c, sbhead] <= now:
+            while sbcount > 0 and sb_done[u(sbhead)] <= now:
                 sbhead = _wrap(sbhead + 1, sbsize)
                 sbcount -= 1
             if sbcount == sbsize:
-                done = K.sb_done[c, sbhead]
-                K.cpi[c, K.sb_cat[c, sbhead]] += done - now
+                done = sb_done[u(sbhead)]
+                cycles[u(sb_cat[u(sbhead)])] += done - now
                 stall += done - now
                 now = done
                 sbhead = _wrap(sbhead + 1, sbsize)
@@ -251,24 +258,28 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
                 done = sblast
                 cat = sblast_cat
             if done > now:
-                slot = _wrap(sbhead + sbcount, sbsize)
-                K.sb_done[c, slot] = done
-                K.sb_cat[c, slot] = cat
+                slot = u(_wrap(sbhead + sbcount, sbsize))
+                sb_done[slot] = done
+                sb_cat[slot] = cat
                 sbcount += 1
                 sblast = done
                 sblast_cat = cat
     ticks = executed * cpi + stall
-    K.cpi[c, CAT_BASE] += executed * cpi
-    sc[c, T_TIME] = base + ticks
-    sc[c, T_INSNS] = ibase + executed
-    sc[c, T_BUSY] += ticks
-    sc[c, T_HEAD] = head
-    sc[c, T_COUNT] = count
-    sc[c, T_LDHEAD] = ldhead
-    sc[c, T_SBHEAD] = sbhead
-    sc[c, T_SBCOUNT] = sbcount
-    sc[c, T_SBLAST] = sblast
-    sc[c, T_SBLAST_CAT] = sblast_cat
+    cycles[CAT_BASE] += executed * cpi
+    sc[T_TIME] = base + ticks
+    sc[T_INSNS] = ibase + executed
+    sc[T_BUSY] += ticks
+    sc[T_HEAD] = head
+    sc[T_COUNT] = count
+    sc[T_LDHEAD] = ldhead
+    sc[T_SBHEAD] = sbhead
+    sc[T_SBCOUNT] = sbcount
+    sc[T_SBLAST] = sblast
+    sc[T_SBLAST_CAT] = sblast_cat
+    sc[T_FETCHES] += fetches
+    sc[T_LOADS] += loads
+    sc[T_STORES] += stores
+    sc[T_IO] += ios
     return ticks
 
 

@@ -33,8 +33,8 @@ from numba import njit
 
 from . import memory
 from .caches import (CS_ACCESSES, CS_DOWNGRADES, CS_INVALIDATIONS, CS_MISSES, CS_PREFETCHES,
-                     CS_WRITEBACKS, G_LATENCY, E, I, M, S, CacheArrays, find, install, touch,
-                     victim)
+                     CS_WRITEBACKS, G_LATENCY, E, I, M, S, CacheArrays, find, holds, install,
+                     set_state, state, touch, u, victim, warm_set)
 from .memory import MemArrays
 
 # where an access was served (also the CPI-stack category of its stall)
@@ -45,7 +45,7 @@ H_NCORES, H_SLICE_BITS, H_INCLUSIVE, H_UPGRADE, H_TRANSFER, H_LINE_SHIFT = range
 H_PF_DISTANCE, H_PF_STREAMS = 6, 7
 NHPARAMS = 8
 
-# columns of the prefetcher's stream table
+# rows of a core's stream table (a row per field, so a search reads one row)
 PF_LAST, PF_NEXT, PF_STAMP = range(3)
 PF_WINDOW = 4           # a miss this many lines above a stream's last one continues it
 PAGE_SHIFT = 12         # prefetches stay within the trigger's 4 KiB page
@@ -58,14 +58,15 @@ class Hier(NamedTuple):
     C: CacheArrays
     Mm: MemArrays
     hp: np.ndarray      # int64[NHPARAMS]
-    pf: np.ndarray      # int64[ncores, streams, 3]: the L2 prefetchers' stream tables
+    pf: np.ndarray      # int64[ncores, 3, streams]: the L2 prefetchers' stream tables
+    pf_clock: np.ndarray  # int64[1]: stamps the streams' uses (least recent is replaced)
     own: np.ndarray     # int64[OWN_SLOTS, 2]: line, time its last ownership change ends
 
 
 def allocate_streams(ncores: int, streams: int) -> np.ndarray:
     """Empty stream tables (a last line no miss can be near)."""
-    pf = np.zeros((ncores, max(streams, 1), 3), dtype=np.int64)
-    pf[:, :, PF_LAST] = -(1 << 62)
+    pf = np.zeros((ncores, 3, max(streams, 1)), dtype=np.int64)
+    pf[:, PF_LAST, :] = -(1 << 62)
     return pf
 
 
@@ -91,25 +92,25 @@ def _drop_private(H: Hier, core: int, line: int, j2: int) -> int:
     """
     C = H.C
     n = H.hp[H_NCORES]
-    old = C.state[j2]
-    C.state[j2] = I
+    old = state(C, j2)
+    set_state(C, j2, I)
     for cid in (core, n + core):
         j = find(C, cid, line, line)
         if j >= 0:
-            if C.state[j] > old:
-                old = C.state[j]
-            C.state[j] = I
+            if state(C, j) > old:
+                old = state(C, j)
+            set_state(C, j, I)
     return old
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def _set_private_state(H: Hier, core: int, line: int, state: int) -> None:
+def _set_private_state(H: Hier, core: int, line: int, s: int) -> None:
     C = H.C
     n = H.hp[H_NCORES]
     for cid in (core, n + core, 2 * n + core):
         j = find(C, cid, line, line)
         if j >= 0:
-            C.state[j] = state
+            set_state(C, j, s)
 
 
 @njit(_nrt=False, cache=True, inline="always")
@@ -133,14 +134,14 @@ def _memory_write(H: Hier, line: int, t: int) -> None:
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def _llc_fill(H: Hier, line: int, state: int, t: int) -> None:
+def _llc_fill(H: Hier, line: int, s: int, t: int) -> None:
     """Allocate ``line`` in its LLC slice, evicting (and writing back) a victim."""
     C = H.C
     cid, key = _llc(H, line)
     j = victim(C, cid, key)
-    if C.state[j] != I:
-        old = C.tags[j]
-        dirty = C.state[j] == M
+    if state(C, j) != I:
+        old = C.key[j] >> 2
+        dirty = state(C, j) == M
         if H.hp[H_INCLUSIVE]:
             n = H.hp[H_NCORES]
             for o in range(n):
@@ -152,7 +153,7 @@ def _llc_fill(H: Hier, line: int, state: int, t: int) -> None:
         if dirty:
             C.stats[cid, CS_WRITEBACKS] += 1
             _memory_write(H, old, t)
-    install(C, j, line, state, t, LVL_LLC)
+    install(C, cid, key, j, line, s, t, LVL_LLC)
 
 
 @njit(_nrt=False, cache=True, inline="always")
@@ -162,33 +163,33 @@ def _llc_write(H: Hier, line: int, t: int) -> None:
     cid, key = _llc(H, line)
     j = find(C, cid, key, line)
     if j >= 0:
-        C.state[j] = M
-        touch(C, cid, j)
+        set_state(C, j, M)
+        touch(C, cid, key, j)
     else:
         _llc_fill(H, line, M, t)
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def _fill_l1(H: Hier, cid: int, line: int, state: int, ready: int, src: int) -> None:
+def _fill_l1(H: Hier, cid: int, line: int, s: int, ready: int, src: int) -> None:
     """Fill an L1; its victim needs no write-back (the inclusive L2 mirrors it)."""
     C = H.C
     j = victim(C, cid, line)
-    install(C, j, line, state, ready, src)
+    install(C, cid, line, j, line, s, ready, src)
 
 
 @njit(_nrt=False, cache=True, inline="always")
-def _fill_l2(H: Hier, core: int, line: int, state: int, t: int, ready: int, src: int) -> None:
+def _fill_l2(H: Hier, core: int, line: int, s: int, t: int, ready: int, src: int) -> None:
     """Fill the core's L2; its victim leaves the core's L1s too (inclusion)."""
     C = H.C
     n = H.hp[H_NCORES]
     cid = 2 * n + core
     j = victim(C, cid, line)
-    if C.state[j] != I:
-        old = C.tags[j]
+    if state(C, j) != I:
+        old = C.key[j] >> 2
         if _drop_private(H, core, old, j) == M:
             C.stats[cid, CS_WRITEBACKS] += 1
             _llc_write(H, old, t)
-    install(C, j, line, state, ready, src)
+    install(C, cid, line, j, line, s, ready, src)
 
 
 @njit(_nrt=False, cache=True, inline="always")
@@ -227,19 +228,19 @@ def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool, hint: int) 
     C = H.C
     n = H.hp[H_NCORES]
     cid = core if ifetch else n + core
-    if hint >= 0 and C.tags[hint] == line and C.state[hint] != I:
+    if hint >= 0 and holds(C, hint, line):
         j = hint
     else:
         j = find(C, cid, line, line)
         if j < 0:
             return -1
     if write:
-        if C.state[j] < E:
+        if state(C, j) < E:
             return -2 - j
-        if C.state[j] == E:
+        if state(C, j) == E:
             _set_private_state(H, core, line, M)
-    C.stats[cid, CS_ACCESSES] += 1
-    touch(C, cid, j)
+    C.stats[u(cid), CS_ACCESSES] += 1
+    touch(C, cid, line, j)
     return j
 
 
@@ -256,7 +257,7 @@ def _prefetch_line(H: Hier, core: int, line: int, t: int) -> None:
     llc_lat = C.geom[llc, G_LATENCY]
     j3 = find(C, llc, key, line)
     if j3 >= 0:
-        touch(C, llc, j3)
+        touch(C, llc, key, j3)
         lat, level = llc_lat, LVL_LLC
     else:
         mlat, tier = memory.access(H.Mm, line << hp[H_LINE_SHIFT], False, t + llc_lat)
@@ -270,43 +271,42 @@ def _prefetch_line(H: Hier, core: int, line: int, t: int) -> None:
 @njit(_nrt=False, cache=True, inline="always")
 def _prefetch(H: Hier, core: int, line: int, t: int) -> None:
     """Train the core's stream table on an L1D miss and run trained streams ahead."""
-    pf = H.pf
+    last, nxt, stamp = H.pf[core, PF_LAST], H.pf[core, PF_NEXT], H.pf[core, PF_STAMP]
     streams = H.hp[H_PF_STREAMS]
-    H.C.clock[0] += 1
-    # one pass: the first stream this miss continues, and the least
-    # recently used one in case none does
-    s = -1
-    lru = 0
+    H.pf_clock[0] += 1
+    # one pass without a branch per stream (so the host can do it in vector
+    # steps): the first stream this miss continues, and the oldest use
+    s = streams
+    oldest = stamp[0]
     for k in range(streams):
-        d = line - pf[core, k, PF_LAST]
-        if 0 < d <= PF_WINDOW:
-            s = k
-            break
-        if pf[core, k, PF_STAMP] < pf[core, lru, PF_STAMP]:
-            lru = k
-    if s < 0:
-        # a new stream replaces the least recently used one; it prefetches
-        # from its second miss on
-        s = lru
-        pf[core, s, PF_LAST] = line
-        pf[core, s, PF_NEXT] = line + 1
-        pf[core, s, PF_STAMP] = H.C.clock[0]
+        d = line - last[u(k)]
+        s = min(s, k if 0 < d <= PF_WINDOW else streams)
+        oldest = min(oldest, stamp[u(k)])
+    if s == streams:
+        # a new stream replaces the least recently used one (the first of
+        # the oldest); it prefetches from its second miss on
+        s = 0
+        while stamp[u(s)] != oldest:
+            s += 1
+        last[u(s)] = line
+        nxt[u(s)] = line + 1
+        stamp[u(s)] = H.pf_clock[0]
         return
-    pf[core, s, PF_LAST] = line
-    pf[core, s, PF_STAMP] = H.C.clock[0]
+    last[u(s)] = line
+    stamp[u(s)] = H.pf_clock[0]
     page_lines = PAGE_SHIFT - H.hp[H_LINE_SHIFT]
     end = line + H.hp[H_PF_DISTANCE]
     page_end = ((line >> page_lines) + 1) << page_lines
     if end >= page_end:
         end = page_end - 1
-    p = pf[core, s, PF_NEXT]
+    p = nxt[u(s)]
     if p <= line:
         p = line + 1
     while p <= end:
         _prefetch_line(H, core, p, t)
         p += 1
-    if p > pf[core, s, PF_NEXT]:
-        pf[core, s, PF_NEXT] = p
+    if p > nxt[u(s)]:
+        nxt[u(s)] = p
 
 
 @njit(_nrt=False, cache=True, inline="always")
@@ -321,20 +321,20 @@ def _serve_miss(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int
     C.stats[l2, CS_ACCESSES] += 1
     j2 = find(C, l2, line, line)
     if j2 >= 0:
-        touch(C, l2, j2)
+        touch(C, l2, line, j2)
         lat, level = C.geom[l2, G_LATENCY], LVL_L2
         if C.ready[j2] - t > lat:
             # still in flight (a prefetch the demand caught up with)
             lat, level = C.ready[j2] - t, C.src[j2]
-        if write and C.state[j2] == S:
+        if write and state(C, j2) == S:
             _invalidate_others(H, core, line, t)
-            C.state[j2] = M
+            set_state(C, j2, M)
             lat = _ownership(H, line, t + lat, hp[H_UPGRADE]) + lat
             _fill_l1(H, l1, line, M, t + lat, LVL_COHERENCE)
             return lat, LVL_COHERENCE
         if write:
-            C.state[j2] = M
-        _fill_l1(H, l1, line, C.state[j2], t + lat, level)
+            set_state(C, j2, M)
+        _fill_l1(H, l1, line, state(C, j2), t + lat, level)
         return lat, level
     C.stats[l2, CS_MISSES] += 1
 
@@ -351,14 +351,14 @@ def _serve_miss(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int
             if jo < 0:
                 continue
             shared = True
-            if C.state[jo] == M:
+            if state(C, jo) == M:
                 transfer = True
                 C.stats[2 * n + o, CS_WRITEBACKS] += 1
                 _llc_write(H, line, t)
-            if C.state[jo] >= E:
+            if state(C, jo) >= E:
                 C.stats[2 * n + o, CS_DOWNGRADES] += 1
                 _set_private_state(H, o, line, S)
-    state = M if write else (S if shared else E)
+    s = M if write else (S if shared else E)
 
     llc, key = _llc(H, line)
     llc_lat = C.geom[llc, G_LATENCY]
@@ -368,7 +368,7 @@ def _serve_miss(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int
         C.stats[llc, CS_ACCESSES] += 1
         j3 = find(C, llc, key, line)
         if j3 >= 0:
-            touch(C, llc, j3)
+            touch(C, llc, key, j3)
             lat, level = llc_lat, LVL_LLC
         else:
             C.stats[llc, CS_MISSES] += 1
@@ -376,8 +376,8 @@ def _serve_miss(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int
             lat = llc_lat + mlat
             level = LVL_DRAM if tier == memory.TIER_DRAM else LVL_CXL
             _llc_fill(H, line, S, t + lat)
-    _fill_l2(H, core, line, state, t, t + lat, level)
-    _fill_l1(H, l1, line, state, t + lat, level)
+    _fill_l2(H, core, line, s, t, t + lat, level)
+    _fill_l1(H, l1, line, s, t + lat, level)
     return lat, level
 
 
@@ -397,11 +397,18 @@ def access(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int,
         # copies, once the line's data are here
         _invalidate_others(H, core, line, t)
         _set_private_state(H, core, line, M)
-        touch(C, l1, j1)
+        touch(C, l1, line, j1)
         wait = C.ready[j1] - t
         if wait < 0:
             wait = 0
         return wait + _ownership(H, line, t + wait, H.hp[H_UPGRADE]), LVL_COHERENCE
+    # the sets a miss may search: its own L2 (and that set's ranks, for a
+    # victim), the other cores' L2s (snooped), its LLC slice
+    n = H.hp[H_NCORES]
+    for o in range(n):
+        warm_set(C, 2 * n + o, line, o == core)
+    llc, key = _llc(H, line)
+    warm_set(C, llc, key, True)
     lat, level = _serve_miss(H, core, line, write, ifetch, t)
     if not ifetch and H.hp[H_PF_DISTANCE] > 0:
         _prefetch(H, core, line, t)

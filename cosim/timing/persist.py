@@ -9,6 +9,12 @@ snapshot's. A state array is restored when its shape and type match the new
 model; one that does not (say, a bigger L2) starts cold, and the run says
 which.
 
+Format 2 keeps a cache line's address and state in one word and a set's
+recency order as a rank per way (``caches``), and a prefetcher's stream
+table by field; a snapshot of format 1 (separate tags, states and 64-bit
+stamps, streams by stream) is converted on restore, ranks taken from the
+order of the stamps, which is the order they stood for.
+
 Lines are restored per cache and by geometry: a cache is kept when its
 number of sets and ways are those of the snapshot's (wherever it now sits
 in the flat arrays), and starts cold otherwise, even if the arrays keep
@@ -25,17 +31,19 @@ from typing import Iterator
 import msgpack
 import numpy as np
 
-from .caches import G_OFFSET, G_SETS, G_WAYS
+from .caches import FREE_KEY, G_OFFSET, G_SETS, G_WAYS, STATE_BITS, fresh_ranks
 from .state import Model
 
 #: Per-line arrays of all caches (``CacheArrays``), restored cache by cache.
-LINE_FIELDS = ("H.C.tags", "H.C.state", "H.C.stamp", "H.C.ready", "H.C.src")
+LINE_FIELDS = ("H.C.key", "H.C.rank", "H.C.ready", "H.C.src")
+#: ... and those of format 1, which ``_upgrade`` turns into the above.
+LINE_FIELDS_1 = ("H.C.tags", "H.C.state", "H.C.stamp", "H.C.ready", "H.C.src")
 
 #: Fields computed from the configuration and the RAM layout, never loaded.
 PARAM_FIELDS = frozenset({"H.C.geom", "H.Mm.params", "H.Mm.ranges", "H.Mm.ram", "H.Mm.ctrl",
                           "H.hp", "K.params"})
 
-FORMAT = 1
+FORMAT = 2
 
 
 def _arrays(model: Model) -> Iterator[tuple[str, np.ndarray]]:
@@ -73,6 +81,7 @@ def restore(model: Model, doc: dict) -> list[str]:
     if doc["ncores"] != model.ncores:
         raise ValueError(f"timing state is for {doc['ncores']} cores, the run has {model.ncores}")
     cold = []
+    doc = _upgrade(doc)
     saved = doc["arrays"]
     by_geometry = "cache_geometry" in doc
     for name, a in _arrays(model):
@@ -86,6 +95,48 @@ def restore(model: Model, doc: dict) -> list[str]:
     if by_geometry:
         cold += _restore_lines(model, doc)
     return cold
+
+
+def _upgrade(doc: dict) -> dict:
+    """A format-1 document with its cache lines in format 2's arrays (key, rank).
+
+    The ranks of a set are the order of its ways' stamps, latest first
+    (stamps tie only for ways never filled, which keep the order of the
+    way numbers, as fresh ranks do). Without a cache geometry (older
+    still) the lines are left out and start cold.
+    """
+    saved = doc["arrays"]
+    if "H.C.tags" not in saved:
+        return doc
+    arrays = {k: v for k, v in saved.items() if k not in ("H.C.tags", "H.C.state", "H.C.stamp",
+                                                           "H.C.clock")}
+    if "H.C.clock" in saved:
+        arrays["H.pf_clock"] = saved["H.C.clock"]
+    pf = saved.get("H.pf")
+    if pf is not None and len(pf["shape"]) == 3:
+        # format 1 kept a stream's fields together, format 2 a field's streams
+        n, streams, fields = pf["shape"]
+        a = _data("H.pf", pf, n * streams * fields).reshape(n, streams, fields)
+        arrays["H.pf"] = {"dtype": pf["dtype"], "shape": [n, fields, streams],
+                          "data": np.ascontiguousarray(a.transpose(0, 2, 1)).tobytes()}
+    was = doc.get("cache_geometry")
+    if was is not None:
+        lines = sum(sets * ways for _, sets, ways in was)
+        tags, state, stamp = (_data(f, saved[f], lines) for f in LINE_FIELDS_1[:3])
+        key = (tags.astype(np.int64) << STATE_BITS) | state.astype(np.int64)
+        rank = np.zeros(lines, dtype=np.uint8)
+        for offset, sets, ways in was:
+            st = stamp[offset:offset + sets * ways].reshape(sets, ways)
+            order = np.argsort(-st, axis=1, kind="stable")
+            r = np.empty((sets, ways), dtype=np.uint8)
+            r[np.arange(sets)[:, None], order] = np.arange(ways, dtype=np.uint8)
+            rank[offset:offset + sets * ways] = r.ravel()
+        for name, a in (("H.C.key", key), ("H.C.rank", rank)):
+            arrays[name] = {"dtype": a.dtype.str, "shape": [lines], "data": a.tobytes()}
+    else:
+        for name in ("H.C.ready", "H.C.src"):
+            arrays.pop(name, None)
+    return dict(doc, arrays=arrays)
 
 
 def _data(name: str, s: dict, size: int) -> np.ndarray:
@@ -124,11 +175,13 @@ def _restore_lines(model: Model, doc: dict) -> list[str]:
                 a[geom[cid, G_OFFSET]:geom[cid, G_OFFSET] + lines] = \
                     data[was[cid][0]:was[cid][0] + lines]
     # a cache left cold after another field was copied: make it cold in every field
-    fresh = {"tags": -1, "state": 0, "stamp": 0, "ready": 0, "src": 0}
     for cid in range(geom.shape[0]):
         if not keep[cid]:
             lo = geom[cid, G_OFFSET]
-            hi = lo + geom[cid, G_SETS] * geom[cid, G_WAYS]
-            for field, value in fresh.items():
-                getattr(C, field)[lo:hi] = value
+            sets, ways = int(geom[cid, G_SETS]), int(geom[cid, G_WAYS])
+            hi = lo + sets * ways
+            C.key[lo:hi] = FREE_KEY
+            C.rank[lo:hi] = fresh_ranks(sets, ways)
+            C.ready[lo:hi] = 0
+            C.src[lo:hi] = 0
     return [names[cid] for cid in range(geom.shape[0]) if not keep[cid]]

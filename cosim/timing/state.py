@@ -61,7 +61,8 @@ def build(cfg: Config, ncores: int, ram: list[tuple[int, int]],
     cp[core.C_SB] = cfg.core.store_buffer
     K = core.allocate(ncores, cfg.core.rob, cfg.core.mlp, cfg.core.store_buffer, cp)
     pf = hierarchy.allocate_streams(ncores, cfg.prefetch.streams)
-    return Model(cfg, ncores, hierarchy.Hier(C, Mm, hp, pf, hierarchy.allocate_ownership()), K, ram)
+    return Model(cfg, ncores, hierarchy.Hier(C, Mm, hp, pf, np.zeros(1, dtype=np.int64),
+                                             hierarchy.allocate_ownership()), K, ram)
 
 
 #: Per-core scalars that count events (reset after a warm-up); the rest is state.
