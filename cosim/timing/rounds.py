@@ -7,11 +7,12 @@ QEMU or the model, sets the speed. A round instead gives every vCPU that
 is due within a window one command's worth of turns:
 
 - the window starts at the smallest local time ``t_min`` of the vCPUs that
-  can run (parked ones at their wake-up) and is ``W`` wide, the longest
-  predicted turn among them; a vCPU whose local time is inside it takes
-  ``(t_min + W - t) // its predicted turn`` turns (at least one, at most
-  ``ROUND_TURNS``), so a fast vCPU runs more turns than a slow one, as in
-  the exact order (QFlex's budgets proportional to IPC);
+  can run (parked ones at their wake-up) and is ``W`` wide,
+  ``WINDOW_TURNS`` times the longest predicted turn among them; a vCPU
+  whose local time is inside it takes ``(t_min + W - t) // its predicted
+  turn`` turns (at least one, at most ``ROUND_TURNS``), so a fast vCPU runs
+  more turns than a slow one, as in the exact order (QFlex's budgets
+  proportional to IPC);
 - QEMU runs the round's turns interleaved in vCPU order (one round trip),
   and the model feeds them in simulated-time order (``core.run_round``):
   each turn is charged against the same caches and memory as in the exact
@@ -65,6 +66,16 @@ class RoundRun(TimingRun):
     #: 189 k cycles; with 8, 88.2 M and 51 k cycles, in 11.6 k round trips
     #: instead of 10.4 k.
     ROUND_TURNS = 8
+    #: the window, in turns of its slowest vCPU. With one turn every round
+    #: was a turn per vCPU, so with 4 busy vCPUs a round trip, its Python
+    #: and its hand-off came every 4000 instructions: a quarter of the wall
+    #: time (GUPS, 4 harts, 150 M instructions: 13.0 s with one turn, 8.8
+    #: with 3, 8.5 with 4). QEMU still runs a round's turns one by one in
+    #: vCPU order, so while the vCPUs' rates are alike the functional
+    #: interleaving stays a turn apart; the skew the window allows is
+    #: reported (``max_time_skew``). With 4, false sharing at quantum 1000
+    #: drifted 6% from the exact order's cycles; with 3, within 5%.
+    WINDOW_TURNS = 3
     #: the command decided before the model fed the last report (see _continuation_of)
     _pending: tuple[str, dict] | None = None
 
@@ -158,7 +169,7 @@ class RoundRun(TimingRun):
         if not live:
             return None
         t_min = min(due[u] for u in live)  # type: ignore[type-var]
-        horizon = t_min + max(self._per_turn(u) for u in live)
+        horizon = t_min + self.WINDOW_TURNS * max(self._per_turn(u) for u in live)
         members = [u for u in live if due[u] < horizon]  # type: ignore[operator]
         if len(members) == 1:
             return members[0]
