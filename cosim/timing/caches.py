@@ -215,26 +215,49 @@ def touch(C: CacheArrays, cid: int, key: int, j: int) -> None:
 
 
 @njit(_nrt=False, cache=True, inline="always")
+def _free_way(C: CacheArrays, ub: np.uint64, ways: int) -> int:
+    """The first way in state I of the set at ``ub``, or ``ways`` if none."""
+    w = 0
+    while w < ways and C.key[ub + u(w)] & STATE_MASK != I:
+        w += 1
+    return w
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def _oldest_way(C: CacheArrays, ub: np.uint64, ways: int) -> int:
+    """The least recent way of the set at ``ub`` (it has the last rank)."""
+    w = 0
+    while C.rank[ub + u(w)] != ways - 1:
+        w += 1
+    return w
+
+
+@njit(_nrt=False, cache=True, inline="always")
 def victim(C: CacheArrays, cid: int, key: int) -> int:
     """Slot to fill in the set of ``key``: the first free way, else by policy."""
     base = set_base(C, cid, key)
-    ub = u(base)
-    ways = C.geom[cid, G_WAYS]
-    for w in range(ways):
-        if C.key[ub + u(w)] & STATE_MASK == I:
-            return base + w
-    if C.geom[cid, G_POLICY] != POLICY_RANDOM:
-        # every way is valid: the least recent one has the last rank
-        w = 0
-        while C.rank[ub + u(w)] != ways - 1:
-            w += 1
+    ways = C.geom[u(cid), G_WAYS]
+    w = _free_way(C, u(base), ways)
+    if w < ways:
         return base + w
+    if C.geom[u(cid), G_POLICY] != POLICY_RANDOM:
+        return base + _oldest_way(C, u(base), ways)
     x = C.rng[cid]
     x ^= x << np.uint64(13)
     x ^= x >> np.uint64(7)
     x ^= x << np.uint64(17)
     C.rng[cid] = x
     return base + int(x % np.uint64(ways))
+
+
+@njit(_nrt=False, cache=True, inline="always")
+def victim_guess(C: CacheArrays, cid: int, key: int) -> int:
+    """The slot ``victim`` would pick if the set stayed as it is (the least recent
+    way standing in for a random policy's pick): for warming the host only."""
+    base = set_base(C, cid, key)
+    ways = C.geom[u(cid), G_WAYS]
+    w = _free_way(C, u(base), ways)
+    return base + (w if w < ways else _oldest_way(C, u(base), ways))
 
 
 @njit(_nrt=False, cache=True, inline="always")

@@ -34,7 +34,7 @@ from numba import njit
 from . import memory
 from .caches import (CS_ACCESSES, CS_DOWNGRADES, CS_INVALIDATIONS, CS_MISSES, CS_PREFETCHES,
                      CS_WRITEBACKS, G_LATENCY, E, I, M, S, CacheArrays, find, holds, install,
-                     set_state, state, touch, u, victim, warm_set)
+                     set_state, state, touch, u, victim, victim_guess, warm_set)
 from .memory import MemArrays
 
 # where an access was served (also the CPI-stack category of its stall)
@@ -238,7 +238,12 @@ def l1_hit(H: Hier, core: int, line: int, write: bool, ifetch: bool, hint: int) 
         if state(C, j) < E:
             return -2 - j
         if state(C, j) == E:
-            _set_private_state(H, core, line, M)
+            # a silent upgrade: this slot, and the L1I and L2 copies that mirror it
+            set_state(C, j, M)
+            for mirror in (core, 2 * n + core):
+                jm = find(C, mirror, line, line)
+                if jm >= 0:
+                    set_state(C, jm, M)
     C.stats[u(cid), CS_ACCESSES] += 1
     touch(C, cid, line, j)
     return j
@@ -337,6 +342,14 @@ def _serve_miss(H: Hier, core: int, line: int, write: bool, ifetch: bool, t: int
         _fill_l1(H, l1, line, state(C, j2), t + lat, level)
         return lat, level
     C.stats[l2, CS_MISSES] += 1
+    # the line the L2 will evict for this one, if dirty, is written back to
+    # its LLC set: have the host load that set while the miss is served (a
+    # guess, as the set may change before the fill; it only warms the host)
+    jv = victim_guess(C, l2, line)
+    if state(C, jv) == M:
+        old = C.key[u(jv)] >> 2
+        llc_old, key_old = _llc(H, old)
+        warm_set(C, llc_old, key_old, True)
 
     # snoop the other cores
     transfer = False
