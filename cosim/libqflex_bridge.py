@@ -107,6 +107,10 @@ class Report:
     deadline: int = -1          # when the next virtual timer is due, ns; -1 none
     idle_mask: int = 0          # vCPUs halted with nothing to do, at the end
     start_idle_mask: int = 0    # ... at the last turn's start, once due timers fired
+    #: trace mode, when ``turn_list``'s records lie one after another in the
+    #: shared buffer (no chunk, nothing carried over): all of them, and where
+    #: each turn's begin (with the end of the last), to hand on without a copy
+    trace: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -203,6 +207,8 @@ class Bridge:
         self._in_flight = False              # send_step() without finish() yet
         self._closed = False
         self._carry: list[np.ndarray] = []   # records of a turn split by chunks
+        # (records, bounds) of the last message's turns, whole (see Report.trace)
+        self._whole: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -422,6 +428,7 @@ class Bridge:
             raise CosimError("no command is running")
         self._in_flight = False
         turns: list[Turn] = []
+        chunked = False
         while True:
             msg = self._recv()
             kind = msg.get("t")
@@ -430,13 +437,18 @@ class Bridge:
                     # the buffer is reused after the ack: keep copies
                     turns += self._turn_ends(msg, copy=True)
                     self._send({"c": "ack"})
+                    chunked = True
                     continue
                 if kind in ("report", "exit"):
+                    carried = bool(self._carry)
                     turns += self._turn_ends(msg, copy=False)
                     # the plugin writes the next command's records into the other
                     # half, so these stay valid until the report after next
                     self._half ^= 1
-                    return self._report(msg, turns)
+                    report = self._report(msg, turns)
+                    if turns and not chunked and not carried:
+                        report.trace = self._whole
+                    return report
             except (KeyError, TypeError, ValueError) as e:
                 self._fail(f"sent a malformed {kind} ({type(e).__name__}: {str(e)[:80]})")
             self._fail(f"sent an unexpected message {str(msg)[:80]}")
@@ -459,9 +471,13 @@ class Bridge:
         first = self._half * self.config.shm_records * size
         view = memoryview(self._shm)[first:first + n * size]
         recs = np.frombuffer(view, dtype=RECORD_DTYPE, count=n)
+        ends = msg.get("ends", ())
+        bounds = np.zeros(len(ends) + 1, dtype=np.int64)
+        bounds[1:] = [e[-1] for e in ends]
+        self._whole = (recs[:bounds[-1]], bounds)
         turns = []
         start = 0
-        for vcpu, budget, executed, halted, counted, icount, end in msg.get("ends", ()):
+        for vcpu, budget, executed, halted, counted, icount, end in ends:
             self.digest.records(view[start * size:end * size])
             self.digest.turn(vcpu, budget, executed, halted)
             piece = recs[start:end]

@@ -86,14 +86,20 @@ _NO_BYTES = np.empty(0, dtype=np.uint8)
 BATCH_SPAN_NS = 10_000
 
 
-def packed_turns(turns: list[Turn]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(records, bounds, executed) of several turns, as the multi-turn kernels take them."""
+def packed_turns(report: Report) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(records, bounds, executed) of a report's turns, as the multi-turn kernels take them.
+
+    The records as they lie in the shared buffer when they do, else joined.
+    """
+    turns = report.turn_list
+    executed = np.array([t.executed for t in turns], dtype=np.int64)
+    if report.trace is not None:
+        return (*report.trace, executed)
     parts = [_NO_BYTES if t.records is None else t.records.view(np.uint8) for t in turns]
     bounds = np.zeros(len(turns) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in parts], out=bounds[1:])
     bounds //= RECORD_DTYPE.itemsize
-    return (np.concatenate(parts).view(RECORD_DTYPE), bounds,
-            np.array([t.executed for t in turns], dtype=np.int64))
+    return np.concatenate(parts).view(RECORD_DTYPE), bounds, executed
 
 
 class _Wake(simpy.Event):
@@ -389,7 +395,7 @@ class TimingRun:
         elif turns:
             # a batch is one vCPU's turns: one kernel call for all of them
             ticks = np.zeros(len(turns), dtype=np.int64)
-            core.run_turns(self.model.K, self.model.H, v, *packed_turns(turns), ticks)
+            core.run_turns(self.model.K, self.model.H, v, *packed_turns(report), ticks)
             start = int(scal[v, core.T_TIME]) - int(ticks[-1])
         if report.exited and report.partial_vcpu >= 0:
             start = int(scal[v, core.T_TIME])

@@ -290,7 +290,7 @@ class RoundRun(TimingRun):
             ticks = np.zeros(len(turns), dtype=np.int64)
             core.run_round(self.model.K, self.model.H,
                            np.array([t.vcpu for t in turns], dtype=np.int64),
-                           *packed_turns(turns), starts, ticks, self._head,
+                           *packed_turns(report), starts, ticks, self._head,
                            np.zeros(len(turns), dtype=np.int64))
             last_start = int(starts[-1])
             last_end = last_start + int(ticks[-1])
