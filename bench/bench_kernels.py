@@ -14,10 +14,12 @@ digest before and after.
 
 ``--against REV`` replays the same calls on the kernels of git revision
 REV too, alternating with this checkout's in one run (this machine is
-shared, so only times measured side by side compare), and prints the
-ratio and whether the two computed the same digest. REV's kernel modules
-are extracted under ``build/kernel-ab/`` as a package of their own, with
-numba's cache beside them, so they compile once.
+shared, so only times measured side by side compare), each replay in a
+process of its own (two versions' kernels in one process did not time
+alike: the second ran up to 4x slower), and prints the ratio and whether
+the two computed the same digest. REV's kernel modules and array layout
+(``state``) are extracted under ``build/kernel-ab/`` as a package of its
+own.
 
 Captures are cached under ``build/kernel-traces/`` (delete to re-record).
 """
@@ -54,6 +56,8 @@ AB = REPO / "build" / "kernel-ab"
 KERNEL_MODULES = ("caches", "hierarchy", "memory", "core")
 #: ... and the module that lays out their arrays (a revision's kernels need its own layout)
 LAYOUT_MODULE = "state"
+#: with --against: processes per version, alternating, each replaying --repeat times
+PROCESSES = 2
 
 
 def _model(kernel: str, smp: int, layout: types.ModuleType = state) -> state.Model:
@@ -196,35 +200,73 @@ def load(label: str, kernel: str, smp: int, insns: int) -> list[tuple[str, tuple
         return pickle.load(f)
 
 
+def replay_in_process(version: str, case: tuple[str, str, int], insns: int,
+                      repeat: int) -> tuple[float, str]:
+    """(best seconds, digest) of ``repeat`` replays of ``case`` on ``version``'s kernels,
+    in a process of its own (``--one``)."""
+    label, kernel, smp = case
+    out = subprocess.run([sys.executable, __file__, "--one", version, "--case", label,
+                          "--insns", str(insns), "--repeat", str(repeat)],
+                         capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise SystemExit(f"bench_kernels: replaying {label} on {version} failed:\n{out.stderr}")
+    seconds, digest = out.stdout.split()
+    return float(seconds), digest
+
+
+def one(version: str, case: tuple[str, str, int], insns: int, repeat: int) -> None:
+    """Print the best seconds and the digest of ``repeat`` replays (``--one``)."""
+    label, kernel, smp = case
+    kernels, layout = (core, state) if version == "this" else kernels_of(version)
+    calls = load(label, kernel, smp, insns)
+    results = [replay(_model(kernel, smp, layout), calls, kernels) for _ in range(repeat)]
+    digests = {d for _, d in results}
+    if len(digests) != 1:
+        raise SystemExit(f"{label}: replays differ: {digests}")
+    print(min(s for s, _ in results), digests.pop())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--insns", type=int, default=20_000_000, help="instructions per capture")
     parser.add_argument("--repeat", type=int, default=3, help="replays per case; the fastest counts")
     parser.add_argument("--case", action="append", help="only these labels (e.g. 'gups 4h')")
     parser.add_argument("--against", metavar="REV", help="also time the kernels of git revision REV")
+    parser.add_argument("--one", metavar="VERSION", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    versions = {"this": (core, state)}
+    cases = [c for c in CASES if not args.case or c[0] in args.case]
+    if args.one:
+        one(args.one, cases[0], args.insns, args.repeat)
+        return 0
+    versions = ["this"] + ([args.against] if args.against else [])
     if args.against:
-        versions[args.against] = kernels_of(args.against)
-    print(f"kernels alone on recorded round-order traces, best of {args.repeat}")
+        kernels_of(args.against)        # extracted (and checked) before the first replay
+    print(f"kernels alone on recorded round-order traces, best of {args.repeat}"
+          + (f" in each of {PROCESSES} processes per version, alternating" if args.against
+             else ""))
     cols = "".join(f" {'ns/rec ' + v:>16}" for v in versions)
     print(f"{'case':<10} {'Mrecords':>8} {'calls':>7}{cols}  digest")
-    for label, kernel, smp in CASES:
-        if args.case and label not in args.case:
-            continue
+    for case in cases:
+        label, kernel, smp = case
         calls = load(label, kernel, smp, args.insns)
-        nrec = sum(_records(c) for c in calls)
-        results: dict[str, list[tuple[float, str]]] = {v: [] for v in versions}
-        for _ in range(args.repeat):
-            for v, (kernels, layout) in versions.items():
-                results[v].append(replay(_model(kernel, smp, layout), calls, kernels))
-        digests = {v: {d for _, d in r} for v, r in results.items()}
+        nrec, ncalls = sum(_records(c) for c in calls), len(calls)
+        del calls
+        if args.against:
+            # one process per replay, alternating: two versions' kernels in one
+            # process do not time alike (the second ran up to 4x slower here)
+            runs: dict[str, list[tuple[float, str]]] = {v: [] for v in versions}
+            for _ in range(PROCESSES):
+                for v in versions:
+                    runs[v].append(replay_in_process(v, case, args.insns, args.repeat))
+        else:
+            runs = {"this": [replay_in_process("this", case, args.insns, args.repeat)]}
+        digests = {v: {d for _, d in r} for v, r in runs.items()}
         if any(len(d) != 1 for d in digests.values()):
             print(f"{label}: replays differ: {digests}", file=sys.stderr)
             return 1
         digest = {v: d.pop() for v, d in digests.items()}
-        best = {v: min(s for s, _ in r) for v, r in results.items()}
-        line = f"{label:<10} {nrec / 1e6:>8.2f} {len(calls):>7}"
+        best = {v: min(t for t, _ in r) for v, r in runs.items()}
+        line = f"{label:<10} {nrec / 1e6:>8.2f} {ncalls:>7}"
         line += "".join(f" {best[v] / nrec * 1e9:>16.1f}" for v in versions)
         line += f"  {digest['this']}"
         if args.against:
