@@ -93,7 +93,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
 /* One trace record; layout mirrored by cosim/trace.py (RECORD_DTYPE). */
 typedef struct {
-    uint64_t addr;      /* guest physical (or virtual, see REC_VIRT) */
+    uint64_t addr;      /* guest physical (virtual only with REC_VIRT) */
     uint32_t idx;       /* instruction index within the turn */
     uint8_t kind;       /* REC_IFETCH, REC_LOAD, REC_STORE */
     uint8_t size;       /* bytes; LINE_BYTES for instruction fetch */
@@ -104,6 +104,8 @@ _Static_assert(sizeof(TraceRec) == 16, "trace record is 16 bytes");
 
 enum { REC_IFETCH = 0, REC_LOAD = 1, REC_STORE = 2 };
 enum { REC_IO = 1, REC_VIRT = 2 };
+/* in an instruction callback's line (low bits are free): the line is virtual */
+#define FETCH_VIRT 1u
 
 /*
  * Load-to-load address dependence (pointer chasing). A load whose virtual
@@ -812,11 +814,11 @@ static void vcpu_ifetch(unsigned int vcpu, void *udata)
         return;
     }
     r = next_rec();
-    r->addr = (uintptr_t)udata;
+    r->addr = (uintptr_t)udata & ~(uint64_t)(LINE_BYTES - 1);
     r->idx = turn_index(vcpu);
     r->kind = REC_IFETCH;
     r->size = LINE_BYTES;
-    r->flags = REC_VIRT;
+    r->flags = ((uintptr_t)udata & FETCH_VIRT) ? REC_VIRT : 0;
     r->pad = 0;
 }
 
@@ -870,26 +872,44 @@ static void vcpu_mem(unsigned int vcpu, qemu_plugin_meminfo_t info,
     }
 }
 
+/*
+ * The fetch record's line: guest-physical, as data addresses are, so that
+ * text shared by processes is one line and a fetch reaches the memory tier
+ * its page lives in. The page walk runs once per translation, not per
+ * execution (a TB is only reused for the same physical pages). An unmapped
+ * page (cannot happen for code that was just translated, but the walker may
+ * say so) falls back to the virtual line, marked with FETCH_VIRT.
+ */
+static uint64_t fetch_line(struct qemu_plugin_insn *insn)
+{
+    uint64_t pa = qemu_plugin_insn_phys_addr(insn);
+
+    if (pa == UINT64_MAX) {
+        return (qemu_plugin_insn_vaddr(insn) & ~(uint64_t)(LINE_BYTES - 1)) | FETCH_VIRT;
+    }
+    return pa & ~(uint64_t)(LINE_BYTES - 1);
+}
+
 static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     size_t n = qemu_plugin_tb_n_insns(tb);
-    uint64_t prev_line = UINT64_MAX;
+    uint64_t prev_vline = UINT64_MAX;
 
     for (size_t i = 0; i < n; i++) {
         struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
-        uint64_t line;
+        uint64_t vline;
 
         qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(
             insn, QEMU_PLUGIN_INLINE_ADD_U64, S.count, 1);
         if (S.mode != MODE_TRACE) {
             continue;
         }
-        line = qemu_plugin_insn_vaddr(insn) & ~(uint64_t)(LINE_BYTES - 1);
-        if (line != prev_line) {
+        vline = qemu_plugin_insn_vaddr(insn) & ~(uint64_t)(LINE_BYTES - 1);
+        if (vline != prev_vline) {
             qemu_plugin_register_vcpu_insn_exec_cb(
                 insn, vcpu_ifetch, QEMU_PLUGIN_CB_NO_REGS,
-                (void *)(uintptr_t)line);
-            prev_line = line;
+                (void *)(uintptr_t)fetch_line(insn));
+            prev_vline = vline;
         }
         qemu_plugin_register_vcpu_mem_cb(insn, vcpu_mem, QEMU_PLUGIN_CB_NO_REGS,
                                          QEMU_PLUGIN_MEM_RW, NULL);
