@@ -25,7 +25,7 @@ from . import __version__, build, paths
 from . import snapshot as snap
 from .errors import CosimError, Terminated
 from . import linux_machine
-from .libqflex_bridge import QemuConfig, qemu_binary
+from .libqflex_bridge import QemuConfig, printable, qemu_binary
 from .limits import MAX_QUANTUM, MAX_SMP
 from .session import RunSpec, Session, parse_size
 from .timing import config as timing_config
@@ -446,7 +446,7 @@ def print_summary(s: dict) -> None:
              if s.get("workload_exit_code") is not None else ""))
     print(f"digest {s['digest']}")
     for line in s["guest_results"]:
-        print(f"guest: {line}")
+        print(f"guest: {printable(line)}")
     print(f"{s['wall_seconds']:.2f} s wall, {s['mips']:.1f} MIPS")
     if "restored_from" in s:
         print(f"restored from snapshot {s['restored_from']}; {s['session_insns']:,} instructions "
@@ -575,7 +575,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     saved = session.saved[-1]
     print(f"saved snapshot {saved.name} at {summary.get('total_insns', 0):,} instructions "
           f"after {summary.get('wall_seconds', 0):.1f} s ({saved.path})")
-    print(linux_machine.init_report(Path(req.console).read_text(errors="replace")))
+    print(printable(linux_machine.init_report(Path(req.console).read_text(errors="replace"))))
     return 0
 
 

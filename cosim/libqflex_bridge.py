@@ -16,8 +16,10 @@ commands, register and memory reads).
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import mmap
+import re
 import shutil
 import signal
 import socket
@@ -173,6 +175,17 @@ def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL when the bridge process dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+#: C0 and C1 control characters but tab and newline, and DEL: a guest's
+#: escape sequences must not drive the user's terminal (the console file
+#: keeps them)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Guest console text as it may be shown on a terminal."""
+    return _CONTROL.sub("", text)
 
 
 class Bridge:
@@ -733,6 +746,7 @@ class Bridge:
 
     def _forward_console(self, sink: TextIO) -> None:
         pos = 0
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             stopping = self._console_stop.is_set()
             try:
@@ -743,7 +757,7 @@ class Bridge:
                 data = b""
             if data:
                 pos += len(data)
-                sink.write(data.decode(errors="replace"))
+                sink.write(printable(decoder.decode(data)))
                 sink.flush()
             if stopping:
                 return

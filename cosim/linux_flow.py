@@ -21,7 +21,7 @@ from . import guest_image
 from . import snapshot as snap
 from .errors import CosimError
 from .libqflex_bridge import QemuConfig
-from .linux_machine import READY_MARKER, Hmat, LinuxBoard
+from .linux_machine import Hmat, LinuxBoard
 from .session import RunSpec, Session
 from .timing.config import Config
 
@@ -70,7 +70,7 @@ def boot(req: BootRequest, store: snap.Store, log=print) -> Session:
                          memory=f"{board.memory_bytes >> 20}M", board=board)
     session = Session(RunSpec(machine=machine, timing=req.timing, save=req.save,
                               force=req.force, store=store, console=req.console,
-                              until_marker=READY_MARKER))
+                              until_marker=board.ready_marker))
     session.run()
     return session
 

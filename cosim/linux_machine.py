@@ -9,7 +9,14 @@ path (pxb-cxl host bridge, root port, volatile type-3 device, fixed memory
 window) that the guest's init turns into a region and a NUMA node.
 
 The guest takes commands through a fw_cfg file (``opt/cosim/cmd``, always
-``COMMAND_BYTES`` long). fw_cfg content is not part of QEMU's migration
+``COMMAND_BYTES`` long): a per-launch nonce on the first line, the command
+after it. The guest's ``COSIM-READY`` and ``COSIM-EXIT`` lines carry the
+nonce, so output of a workload that happens to print a marker (or a workload
+that never reads the channel) cannot end a boot or fake an exit code. The
+guest is root and could read the channel itself: the nonce is against
+accidents and sloppy workloads, not a hostile guest. It is random: the guest
+only copies its 16 hex digits, which takes the same instructions whatever
+their value, so cycle counts do not depend on it. fw_cfg content is not part of QEMU's migration
 stream, so a restored machine reads the command given to *this* launch,
 and it is fixed before the first instruction runs: a channel fed while the
 guest runs (virtio-serial) would deliver at a host-timing dependent
@@ -19,7 +26,8 @@ instruction and break determinism.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CosimError
@@ -30,7 +38,18 @@ from .timing.config import Config
 COMMAND_BYTES = 4096
 IDLE_COMMAND = "idle"
 READY_MARKER = "COSIM-READY"
-EXIT_MARKER = re.compile(r"^COSIM-EXIT (-?\d{1,9})\s*$", re.M)  # bounded: the guest writes it
+NONCE_HEX_DIGITS = 16
+
+
+def new_nonce() -> str:
+    """A launch's marker nonce: 16 lowercase hex digits."""
+    return secrets.token_hex(NONCE_HEX_DIGITS // 2)
+
+
+def exit_marker(nonce: str | None) -> re.Pattern[str]:
+    """``COSIM-EXIT [nonce] rc`` at column 0; the code is bounded (the guest writes it)."""
+    tag = f"{re.escape(nonce)} " if nonce is not None else ""
+    return re.compile(rf"^COSIM-EXIT {tag}(-?\d{{1,9}})\s*$", re.M)
 
 _4G = 1 << 32
 #: q35 keeps all RAM below 4 GiB when there is less than this much
@@ -67,6 +86,8 @@ class LinuxBoard:
     cxl_bytes: int = 0                  # a cxl-type3 volatile device of this size (0: none)
     hmat: Hmat = Hmat((90, 198), (25600, 20000))
     command: str = IDLE_COMMAND
+    #: this launch's marker nonce; None for a guest booted before markers had one
+    nonce: str | None = field(default_factory=new_nonce)
 
     @property
     def memory_bytes(self) -> int:
@@ -75,9 +96,20 @@ class LinuxBoard:
     def append(self) -> str:
         return KERNEL_APPEND + (" cosim.cxl=1" if self.cxl_bytes else "")
 
+    @property
+    def ready_marker(self) -> str:
+        """The console line that ends a boot: the guest polls for commands from then on."""
+        return READY_MARKER if self.nonce is None else f"{READY_MARKER} {self.nonce}"
+
+    def exit_code(self, console: str) -> int | None:
+        """The exit code of the command this launch gave the guest, if it printed one."""
+        codes = exit_marker(self.nonce).findall(console)
+        return int(codes[-1]) if codes else None
+
     def command_bytes(self) -> bytes:
-        """The fw_cfg file: the command, NUL-padded to a fixed size."""
-        data = self.command.encode()
+        """The fw_cfg file: nonce line and command, NUL-padded to a fixed size."""
+        text = self.command if self.nonce is None else f"{self.nonce}\n{self.command}"
+        data = text.encode()
         if len(data) >= COMMAND_BYTES:
             raise CosimError(f"guest command is {len(data)} bytes; at most {COMMAND_BYTES - 1}")
         return data + bytes(COMMAND_BYTES - len(data))
@@ -126,7 +158,8 @@ class LinuxBoard:
         return {"kernel": str(self.kernel), "initrd": str(self.initrd),
                 "firmware": str(self.firmware), "node_bytes": list(self.node_bytes),
                 "cxl_bytes": self.cxl_bytes, "hmat_latency_ns": list(self.hmat.latency_ns),
-                "hmat_bandwidth_mbps": list(self.hmat.bandwidth_mbps)}
+                "hmat_bandwidth_mbps": list(self.hmat.bandwidth_mbps),
+                "marker_nonce": self.nonce is not None}
 
     @classmethod
     def from_description(cls, d: dict, command: str = IDLE_COMMAND) -> "LinuxBoard":
@@ -134,7 +167,8 @@ class LinuxBoard:
                    firmware=Path(d["firmware"]), node_bytes=tuple(d["node_bytes"]),
                    cxl_bytes=d["cxl_bytes"],
                    hmat=Hmat(tuple(d["hmat_latency_ns"]), tuple(d["hmat_bandwidth_mbps"])),
-                   command=command)
+                   command=command,
+                   nonce=new_nonce() if d.get("marker_nonce") else None)
 
     @property
     def nodes(self) -> list[int]:

@@ -25,7 +25,7 @@ from . import __version__, paths
 from . import snapshot as snap
 from .errors import CosimError
 from .libqflex_bridge import Bridge, QemuConfig, Report, qemu_binary
-from .linux_machine import EXIT_MARKER, cxl_window_base
+from .linux_machine import cxl_window_base
 from .progress import Progress
 from .quantum import Schedule, run_round_robin
 from .timing import config as timing_config
@@ -442,8 +442,7 @@ class Session:
             "session_insns": done,
         }
         if self.config.board is not None:
-            exits = EXIT_MARKER.findall(self.bridge.console_text())
-            s["workload_exit_code"] = int(exits[-1]) if exits else None
+            s["workload_exit_code"] = self.config.board.exit_code(self.bridge.console_text())
         if self.spec.snapshot is not None:
             s["restored_from"] = self.spec.snapshot.name
         if self.notes:

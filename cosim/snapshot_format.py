@@ -83,6 +83,7 @@ class Board(Struct):
     hmat_latency_ns: tuple[Count, Count]
     hmat_bandwidth_mbps: tuple[Count, Count]
     initrd_blake2b: Hex128 | UnsetType = UNSET
+    marker_nonce: bool = False      # the guest's markers carry a launch nonce
 
 
 class Guest(Struct):

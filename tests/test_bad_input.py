@@ -163,11 +163,11 @@ def test_long_runtime_dir_shortens_the_socket_name(tmp_path, no_leftover_qemu: N
 def test_guest_numbers_with_thousands_of_digits_are_not_parsed() -> None:
     """Python refuses int() of over 4300 digits; guest output must not reach it unbounded."""
     from cosim.linux_flow import result_value
-    from cosim.linux_machine import EXIT_MARKER
+    from cosim.linux_machine import exit_marker
     huge = "9" * 5000
     assert result_value([f"RESULT gups updates={huge}"], "updates") is None
     assert result_value([f"RESULT gups updates=4096 x={huge}"], "updates") == 4096
-    assert EXIT_MARKER.findall(f"COSIM-EXIT {huge}\nCOSIM-EXIT 3\n") == ["3"]
+    assert exit_marker(None).findall(f"COSIM-EXIT {huge}\nCOSIM-EXIT 3\n") == ["3"]
 
 
 def test_commas_in_paths_handed_to_qemu(tmp_path, no_leftover_qemu: None) -> None:

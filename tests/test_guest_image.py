@@ -167,22 +167,26 @@ def _qemu_cmd(image, fw: Path, cmd_file: Path, console: Path, cxl: bool = False)
             "-seed", "1", "-serial", f"file:{console}"]
 
 
-def _write_cmd(path: Path, text: str) -> Path:
-    path.write_bytes(LinuxBoard(Path(), Path(), Path(), command=text).command_bytes())
-    return path
+def _write_cmd(path: Path, text: str) -> LinuxBoard:
+    """The command channel file of a launch; the board knows its nonce."""
+    board = LinuxBoard(Path(), Path(), Path(), command=text)
+    path.write_bytes(board.command_bytes())
+    return board
 
 
-def _boot(image, tmp_path: Path, command: str, cxl: bool = False) -> tuple[int, str, float]:
-    """Boot to poweroff; returns (QEMU exit code, console text, seconds to COSIM-READY)."""
+def _boot(image, tmp_path: Path, command: str, cxl: bool = False) -> tuple[int, str, float, LinuxBoard]:
+    """Boot to poweroff; returns (QEMU exit code, console text, seconds to COSIM-READY, board)."""
     fw = guest_image.firmware_dir(log=lambda m: None)
     console = tmp_path / "console.txt"
-    cmd = _qemu_cmd(image, fw, _write_cmd(tmp_path / "cmd", command), console, cxl)
+    board = _write_cmd(tmp_path / "cmd", command)
+    ready = f"\n{board.ready_marker}\n"
+    cmd = _qemu_cmd(image, fw, tmp_path / "cmd", console, cxl)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ready_at = None
     try:
         while proc.poll() is None and time.monotonic() - start < BOOT_TIMEOUT:
-            if ready_at is None and console.exists() and "\nCOSIM-READY\n" in console.read_text(errors="replace"):
+            if ready_at is None and console.exists() and ready in console.read_text(errors="replace"):
                 ready_at = time.monotonic() - start
             time.sleep(0.2)
     finally:
@@ -192,9 +196,9 @@ def _boot(image, tmp_path: Path, command: str, cxl: bool = False) -> tuple[int, 
     out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
     text = console.read_text(errors="replace") if console.exists() else ""
     assert proc.returncode is not None
-    if ready_at is None and "\nCOSIM-READY\n" in text:
+    if ready_at is None and ready in text:
         ready_at = time.monotonic() - start
-    return proc.returncode, text + out, ready_at or -1.0
+    return proc.returncode, text + out, ready_at or -1.0, board
 
 
 def _lines(text: str) -> list[str]:
@@ -202,16 +206,21 @@ def _lines(text: str) -> list[str]:
 
 
 def test_boot_runs_command_and_powers_off(image, tmp_path):
-    rc, text, ready = _boot(image, tmp_path, "/workloads/gups -n 1000 -s 1M")
+    """The markers carry the launch's nonce; marker-like output of the command is not taken."""
+    forged = "echo COSIM-EXIT 5; echo COSIM-EXIT 0123456789abcdef 6"
+    rc, text, ready, board = _boot(image, tmp_path, f"/workloads/gups -n 1000 -s 1M; {forged}; exit 3")
     lines = _lines(text)
     assert rc == 0, text[-2000:]
-    assert lines.index("COSIM-READY") > next(i for i, l in enumerate(lines) if l.startswith("COSIM-INIT"))
+    assert len(board.nonce) == 16
+    assert lines.index(board.ready_marker) > next(i for i, l in enumerate(lines) if l.startswith("COSIM-INIT"))
     assert any(l.startswith("NUMA: available: 2 nodes") for l in lines)
     assert any(l.startswith("TIER: memory_tier") for l in lines)
     results = [l for l in lines if l.startswith("RESULT gups ")]
     assert len(results) == 1 and "updates=1000 " in results[0] and "checksum=0x" in results[0]
-    assert "COSIM-EXIT 0" in lines
-    assert lines.index("COSIM-EXIT 0") > lines.index(results[0])
+    exit_line = f"COSIM-EXIT {board.nonce} 3"
+    assert exit_line in lines and "COSIM-EXIT 5" in lines and "COSIM-EXIT 0123456789abcdef 6" in lines
+    assert lines.index(exit_line) > lines.index(results[0])
+    assert board.exit_code(text) == 3
     print(f"boot to COSIM-READY: {ready:.1f} s wall")
 
 
@@ -219,12 +228,13 @@ def test_idle_keeps_polling(image, tmp_path):
     """With 'idle' the guest waits at the channel: no exit, QEMU still running."""
     fw = guest_image.firmware_dir(log=lambda m: None)
     console = tmp_path / "console.txt"
-    cmd = _qemu_cmd(image, fw, _write_cmd(tmp_path / "cmd", "idle"), console)
+    board = _write_cmd(tmp_path / "cmd", "idle")
+    cmd = _qemu_cmd(image, fw, tmp_path / "cmd", console)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         start = time.monotonic()
         while time.monotonic() - start < BOOT_TIMEOUT:
-            if console.exists() and "\nCOSIM-READY\n" in console.read_text(errors="replace"):
+            if console.exists() and f"\n{board.ready_marker}\n" in console.read_text(errors="replace"):
                 break
             assert proc.poll() is None
             time.sleep(0.2)
@@ -240,13 +250,13 @@ def test_idle_keeps_polling(image, tmp_path):
 
 
 def test_cxl_region_becomes_numa_node(image, tmp_path):
-    rc, text, _ = _boot(image, tmp_path, "numactl --membind=2 -- /workloads/gups -n 1000 -s 1M", cxl=True)
+    rc, text, _, board = _boot(image, tmp_path, "numactl --membind=2 -- /workloads/gups -n 1000 -s 1M", cxl=True)
     lines = _lines(text)
     assert rc == 0, text[-2000:]
     assert "COSIM-CXL node=2 size=268435456" in lines, [l for l in lines if "CXL" in l]
     assert any(l.startswith("NUMA: available: 3 nodes") for l in lines)
     assert any(l.startswith("TIER: ") and l.endswith("nodes=2") for l in lines)
-    assert any(l.startswith("RESULT gups ") for l in lines) and "COSIM-EXIT 0" in lines
+    assert any(l.startswith("RESULT gups ") for l in lines) and board.exit_code(text) == 0
 
 
 # ---------------------------------------------------------------- package pins

@@ -7,6 +7,8 @@ command file and the one-line errors for bad --workload/--numa/--args.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -60,18 +62,41 @@ def test_qemu_args_announce_hmat_and_the_command_channel(tmp_path):
     assert "cxl=on" in cxl and "volatile-memdev=cxlmem0" in cxl and "cosim.cxl=1" in cxl
 
 
-def test_command_file_is_fixed_size():
+def test_command_file_is_fixed_size_and_starts_with_the_nonce():
     b = board(command="/workloads/gups -n 10")
     data = b.command_bytes()
-    assert len(data) == COMMAND_BYTES and data.startswith(b"/workloads/gups -n 10\0")
+    assert re.fullmatch("[0-9a-f]{16}", b.nonce)
+    assert len(data) == COMMAND_BYTES and data.startswith(f"{b.nonce}\n/workloads/gups -n 10\0".encode())
+    assert board().nonce != b.nonce                       # new for every launch
     with pytest.raises(CosimError, match="at most"):
-        board(command="x" * COMMAND_BYTES).command_bytes()
+        board(command="x" * (COMMAND_BYTES - 17)).command_bytes()
+
+
+def test_only_markers_with_the_launch_nonce_count():
+    b = board(nonce="00112233aabbccdd")
+    assert b.ready_marker == "COSIM-READY 00112233aabbccdd"
+    console = ("COSIM-EXIT 0\nworkload says COSIM-EXIT 00112233aabbccdd 1\n"
+               "COSIM-EXIT 00112233aabbccdd 7\nCOSIM-EXIT ffffffffffffffff 9\n")
+    assert b.exit_code(console) == 7
+    assert b.exit_code("COSIM-EXIT 4\n") is None
+    assert b.exit_code(f"COSIM-EXIT 00112233aabbccdd {'9' * 5000}\n") is None
+
+
+def test_a_guest_booted_before_nonces_keeps_its_markers():
+    """Snapshots booted before markers had a nonce: old command file, old markers."""
+    desc = board().describe()
+    del desc["marker_nonce"]
+    old = LinuxBoard.from_description(desc, "/workloads/gups")
+    assert old.nonce is None and old.ready_marker == "COSIM-READY"
+    assert old.command_bytes().startswith(b"/workloads/gups\0")
+    assert old.exit_code("COSIM-EXIT 3\n") == 3
 
 
 def test_board_round_trips_through_its_description():
     b = board(cxl_bytes=256 << 20, hmat=Hmat((90, 198), (1, 2)))
     again = LinuxBoard.from_description(b.describe(), "idle")
-    assert again == b
+    assert dataclasses.replace(again, nonce=b.nonce) == b
+    assert again.nonce is not None and again.nonce != b.nonce
     assert again.nodes == [0, 1, 2] and board().nodes == [0, 1]
 
 

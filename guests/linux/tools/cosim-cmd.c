@@ -2,9 +2,16 @@
  * cosim-cmd: wait for the host's command on the fw_cfg file opt/cosim/cmd.
  *
  * The host passes  -fw_cfg name=opt/cosim/cmd,file=PATH  with PATH exactly
- * 4096 bytes: text padded with NUL bytes.  While the text (up to the first
- * NUL, whitespace-stripped) is "idle", we sleep and read it again; anything
- * else is the command line, printed to stdout (no newline) for /init to run.
+ * 4096 bytes: text padded with NUL bytes.  The text's first line is the
+ * launch's nonce (16 hex digits, new for every QEMU process), which /init
+ * puts in its COSIM-READY and COSIM-EXIT lines so that the host can tell
+ * them from workload output; the rest (up to the first NUL, whitespace-
+ * stripped) is the command.  While the command is "idle", we sleep and read
+ * it again; anything else is the command line, printed to stdout (no
+ * newline) for /init to run.  A text without a newline is all command.
+ *
+ * The nonce is only copied, never parsed, so the instructions spent on it
+ * do not depend on its value (cycle counts must not).
  *
  * Why a C helper rather than `cat` in a shell loop: a poll costs a few
  * thousand guest instructions instead of two fork+execs, and the loop below
@@ -23,9 +30,10 @@
  * Deterministic: no clocks are read; the poll interval is a fixed nanosleep
  * (guest time, which is instruction-driven under -icount).
  *
- * usage: cosim-cmd [-i MS] [-1]
+ * usage: cosim-cmd [-i MS] [-1 | -n]
  *   -i MS   poll interval in milliseconds (default 10)
- *   -1      read once, print the current text (even "idle") and exit
+ *   -1      read once, print the current command (even "idle") and exit
+ *   -n      read once, print the launch's nonce and exit
  * exit: 0 command printed; 3 no command channel; 2 bad arguments
  */
 #define _GNU_SOURCE
@@ -145,13 +153,28 @@ static char *strip(char *s)
     return s;
 }
 
+/* Split the text at its first newline: the nonce (returned) and the command (*cmd). */
+static char *split_nonce(char *text, char **cmd)
+{
+    char *nl = strchr(text, '\n');
+    if (!nl) {
+        *cmd = text;
+        return text + strlen(text);
+    }
+    *nl = 0;
+    *cmd = nl + 1;
+    return text;
+}
+
 int main(int argc, char **argv)
 {
     long interval_ms = 10;
-    int once = 0;
+    int once = 0, nonce_only = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-1") == 0) {
             once = 1;
+        } else if (strcmp(argv[i], "-n") == 0) {
+            once = nonce_only = 1;
         } else if (strcmp(argv[i], "-i") == 0 && i + 1 < argc) {
             char *end;
             interval_ms = strtol(argv[++i], &end, 10);
@@ -160,7 +183,7 @@ int main(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "cosim-cmd: unknown argument '%s': usage: cosim-cmd [-i MS] [-1]\n", argv[i]);
+            fprintf(stderr, "cosim-cmd: unknown argument '%s': usage: cosim-cmd [-i MS] [-1 | -n]\n", argv[i]);
             return 2;
         }
     }
@@ -180,7 +203,13 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, b) != 0)
             continue; /* torn by a snapshot restore: read again */
-        char *text = strip(a);
+        char *cmd;
+        char *nonce = split_nonce(a, &cmd);
+        if (nonce_only) {
+            fputs(nonce, stdout);
+            return fflush(stdout) == 0 ? 0 : 1;
+        }
+        char *text = strip(cmd);
         if (!once && strcmp(text, "idle") == 0) {
             while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
                 ;
