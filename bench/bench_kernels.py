@@ -42,11 +42,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cosim import build, quantum  # noqa: E402
+from cosim.boards import VirtBoard, roi_addresses  # noqa: E402
 from cosim.libqflex_bridge import Bridge, QemuConfig  # noqa: E402
 from cosim.timing import config as timing_config  # noqa: E402
-from cosim.timing import core, engine, rounds, state, stats  # noqa: E402
+from cosim.timing import core, engine, rounds, state  # noqa: E402
 
-RAM_BASE, RAM_SIZE = 0x80000000, 1 << 30
+RAM_BASE, RAM_SIZE = VirtBoard.RAM_BASE, 1 << 30
 # (label, guest, harts): streaming, random updates, pointer chase
 CASES = (("stream 1h", "stream-n1m-r8", 1), ("stream 4h", "stream-n1m-r8", 4),
          ("gups 1h", "gups-ws16m-n8m", 1), ("gups 4h", "gups-ws16m-n8m", 4),
@@ -62,7 +63,7 @@ PROCESSES = 2
 
 def _model(kernel: str, smp: int, layout: types.ModuleType = state) -> state.Model:
     return layout.build(timing_config.load(), smp, [(RAM_BASE, RAM_SIZE)],
-                        roi=stats.roi_addresses(build.guest_elf(kernel)))
+                        roi=roi_addresses(build.guest_elf(kernel)))
 
 
 def capture(kernel: str, smp: int, insns: int) -> list[tuple[str, tuple]]:

@@ -21,19 +21,20 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cosim import build, quantum  # noqa: E402
+from cosim.boards import VirtBoard, roi_addresses  # noqa: E402
 from cosim.libqflex_bridge import Bridge, QemuConfig  # noqa: E402
 from cosim.timing import config as timing_config  # noqa: E402
-from cosim.timing import core, engine, state, stats  # noqa: E402
+from cosim.timing import core, engine, state  # noqa: E402
 
 WORKLOADS = ("stream-n1m-r8", "gups-ws16m-n8m")
-RAM_BASE, RAM_SIZE = 0x80000000, 1 << 30
+RAM_BASE, RAM_SIZE = VirtBoard.RAM_BASE, 1 << 30
 
 
 def run(kernel: str, overlap: bool) -> tuple[float, int, int]:
     """(MIPS from QEMU start to exit, cycles, commands started early) of one detailed run."""
     path = build.guest_elf(kernel)
     model = state.build(timing_config.load(), 1, [(RAM_BASE, RAM_SIZE)],
-                        roi=stats.roi_addresses(path))
+                        roi=roi_addresses(path))
     started = time.perf_counter()
     with Bridge(QemuConfig(kernel=path, smp=1, quantum=1000, mode="trace",
                            clock="model")) as bridge:

@@ -42,13 +42,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cosim import build, paths, quantum  # noqa: E402
+from cosim.boards import VirtBoard, roi_addresses  # noqa: E402
 from cosim.libqflex_bridge import Bridge, QemuConfig  # noqa: E402
 from cosim.timing import config as timing_config  # noqa: E402
-from cosim.timing import core, engine, rounds, state, stats  # noqa: E402
+from cosim.timing import core, engine, rounds, state  # noqa: E402
 
 # about 100-150 M instructions each, so start-up is a few percent
 WORKLOADS = {"stream": "stream-n1m-r8", "gups": "gups-ws16m-n8m"}
-RAM_BASE, RAM_SIZE = 0x80000000, 1 << 30
+RAM_BASE, RAM_SIZE = VirtBoard.RAM_BASE, 1 << 30
 # Linux: (vCPUs, threads arguments); every thread updates its own 4 MiB slice
 LINUX = ((2, "-t 2 -m private -s 8M -n 1M"), (4, "-t 4 -m private -s 16M -n 500k"))
 
@@ -139,7 +140,7 @@ def profile(kernel: str, q: int, smp: int, order: str) -> None:
 
     path = build.guest_elf(kernel)
     model = state.build(timing_config.load(), smp, [(RAM_BASE, RAM_SIZE)],
-                        roi=stats.roi_addresses(path))
+                        roi=roi_addresses(path))
     for (cls, name), fn in zip(feeds, real):
         setattr(cls, name, clocked(fn, "kernels"))
     try:

@@ -26,8 +26,9 @@ from . import snapshot as snap
 from .errors import CosimError, Terminated
 from . import linux_machine
 from .libqflex_bridge import QemuConfig, printable, qemu_binary
+from .boards import DEFAULT_MEMORY, DEFAULT_QUANTUM, DEFAULT_SMP, parse_size
 from .limits import MAX_QUANTUM, MAX_SMP
-from .session import RunSpec, Session, parse_size
+from .session import RunSpec, Session
 from .timing import config as timing_config
 from .timing import stats as timing_stats
 from .timing.config import PRESET_DOCS
@@ -140,11 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="riscv64 ELF linked at 0x80000000, or a built-in guest name "
                           f"(default: {DEFAULT_GUEST}, or the snapshot's; see guests/riscv/README.md)")
     run.add_argument("--smp", type=smp_count, default=None, metavar="N",
-                     help=f"number of vCPUs (harts), 1..{MAX_SMP} (default: 4, or the snapshot's)")
+                     help=f"number of vCPUs (harts), 1..{MAX_SMP} (default: {DEFAULT_SMP}, or the snapshot's)")
     run.add_argument("--quantum", type=positive_int("--quantum", "instructions per vCPU turn, e.g. 1000",
                                                     MAX_QUANTUM),
                      default=None, metavar="Q",
-                     help="instructions per vCPU turn (default: 1000, or the snapshot's; a "
+                     help=f"instructions per vCPU turn (default: {DEFAULT_QUANTUM}, or the snapshot's; a "
                           "restored run may use another)")
     run.add_argument("--max-insns", type=positive_int("--max-insns", "total instructions over all vCPUs"),
                      metavar="N", help="stop after exactly N instructions in total, counted from the "
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fast: counts only; trace: also every memory access and instruction-fetch "
                           "line, per turn, into the digest (default: fast; trace with --timing)")
     run.add_argument("--memory", default=None, metavar="SIZE",
-                     help="guest RAM (default: 512M, or the snapshot's)")
+                     help=f"guest RAM (default: {DEFAULT_MEMORY}, or the snapshot's)")
     run.add_argument("--icount-shift", type=int, default=None, choices=range(0, 11), metavar="S",
                      help="virtual ns per instruction = 2**S (default: 0, or the snapshot's)")
     run.add_argument("--json", action="store_true",
@@ -223,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--smp", type=smp_count, default=2, metavar="N", help="vCPUs, 2..8 (default 2)")
     boot.add_argument("--quantum", type=positive_int("--quantum", "instructions per vCPU turn",
                                                      MAX_QUANTUM),
-                      default=1000, metavar="Q", help="instructions per vCPU turn (default 1000)")
+                      default=DEFAULT_QUANTUM, metavar="Q",
+                      help=f"instructions per vCPU turn (default {DEFAULT_QUANTUM})")
     boot.add_argument("--node-memory", default="1G", metavar="SIZE",
                       help="RAM of each of the two nodes (default 1G)")
     boot.add_argument("--cxl", nargs="?", const="256M", default=None, metavar="SIZE",
@@ -350,9 +352,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "state already (its caches are warm)")
     else:
         kernel = resolve_kernel(args.kernel or DEFAULT_GUEST)
-        smp, memory = args.smp or 4, args.memory or "512M"
+        smp, memory = args.smp or DEFAULT_SMP, args.memory or DEFAULT_MEMORY
         shift = args.icount_shift or 0
-        quantum = args.quantum or 1000
+        quantum = args.quantum or DEFAULT_QUANTUM
         parse_size(memory)
     machine = QemuConfig(kernel=kernel, smp=smp, quantum=quantum, memory=memory,
                          mode="trace" if args.timing else (args.mode_given or "fast"),
@@ -556,7 +558,7 @@ def boot_request(args: argparse.Namespace, save: str, force: bool, console: Path
     cxl = parse_size(args.cxl, "--cxl") if getattr(args, "cxl", None) else 0
     hmat = timing_config.load(args.preset, args.config)
     return linux_flow.BootRequest(
-        save=save, force=force, smp=getattr(args, "smp", 2), quantum=getattr(args, "quantum", 1000),
+        save=save, force=force, smp=getattr(args, "smp", 2), quantum=getattr(args, "quantum", DEFAULT_QUANTUM),
         node_bytes=(node, node), cxl_bytes=cxl, add=getattr(args, "add", []),
         timing=hmat if getattr(args, "timing", False) else None, hmat_from=hmat,
         console=console or store.log_path(f"{save}.boot.log"))

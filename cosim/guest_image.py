@@ -99,21 +99,6 @@ MODULES = {
 }
 #: Interpreters an added script may name in its #! line (busybox provides them).
 SCRIPT_INTERPRETERS = ("/bin/sh", "/bin/ash", "/bin/busybox", "/usr/bin/env")
-#: Kernel command line of the image (cosim.linux_machine passes it).
-#: init_on_alloc=0: Debian's kernel zeroes every page at allocation *and*
-#: again at an anonymous fault; under TCG that doubles the cost of touching
-#: fresh memory (e.g. 1 G instead of 0.5 G instructions for hotcold's setup).
-#: cryptomgr.notests: the crypto self-tests (ECDH key generation among them)
-#: otherwise run in kernel threads long after init is ready and keep a vCPU
-#: busy through the first workloads (measured: 45-70 M instructions).
-#: panic=-1: a panic reboots, which -no-reboot turns into QEMU exiting.
-#: memhp_default_state=online_movable: the CXL region's memory (onlined by
-#: kmem) holds user pages only; kernel allocations such as page tables in
-#: the MMIO-backed window corrupted the guest under TCG (a GUPS bound to the
-#: region died with "non-zero pgtables_bytes" and an OOM panic), and a
-#: movable-only node makes numactl --membind leave kernel allocations alone.
-KERNEL_APPEND = ("console=ttyS0 nokaslr mitigations=off tsc=reliable no_timer_check panic=-1 "
-                 "init_on_alloc=0 cryptomgr.notests memhp_default_state=online_movable")
 
 #: qemu-system-data (bookworm) carries the x86 option ROMs for -kernel boot.
 QEMU_DATA_PACKAGE = ("qemu-system-data", "1:7.2+dfsg-7+deb12u18")

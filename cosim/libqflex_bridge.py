@@ -40,7 +40,7 @@ from qemu.qmp.qmp_client import ExecuteError
 from . import paths
 from .paths import qemu_opt
 from .errors import CosimError
-from .linux_machine import LinuxBoard
+from .boards import DEFAULT_MEMORY, DEFAULT_QUANTUM, DEFAULT_SMP, Board, VirtBoard
 from .trace import RECORD_DTYPE, RunDigest
 
 _LEN = struct.Struct("<I")
@@ -117,26 +117,31 @@ class Report:
 
 @dataclass
 class QemuConfig:
-    """How to launch QEMU: a bare-metal riscv64 guest, or with ``board`` a Linux q35 machine."""
+    """How to launch QEMU: ``board``'s machine, by default riscv64 ``virt`` booting ``kernel``."""
 
     kernel: Path
-    smp: int = 4
-    quantum: int = 1000
+    smp: int = DEFAULT_SMP
+    quantum: int = DEFAULT_QUANTUM
     mode: str = "fast"
-    memory: str = "512M"
+    memory: str = DEFAULT_MEMORY
     icount_shift: int = 0
     seed: int = 1
     shm_records: int = 1 << 20
     extra_args: list[str] = field(default_factory=list)
     loadext: Path | None = None     # a snapshot directory to start from (-loadext)
-    board: LinuxBoard | None = None  # x86_64 Linux machine (kernel is then its bzImage)
+    board: Board | None = None      # another machine (a Linux q35: kernel is then its bzImage)
     #: "icount": the guest's clocks follow instructions (2^shift ns each);
     #: "model": the timing model sets them (step(clock=...)), see cosim.timing.engine
     clock: str = "icount"
 
     @property
+    def machine(self) -> Board:
+        """The board QEMU runs: ``board``, or riscv64 ``virt`` with ``kernel`` and ``memory``."""
+        return self.board if self.board is not None else VirtBoard(self.kernel, self.memory)
+
+    @property
     def arch(self) -> str:
-        return "x86_64" if self.board is not None else "riscv64"
+        return self.machine.arch
 
     def rr_batch_turns(self) -> int:
         """Turns per round-robin round trip: whole rounds, about a batch of instructions."""
@@ -233,7 +238,7 @@ class Bridge:
 
     @property
     def command_file(self) -> Path:
-        """The Linux guest's command channel (fw_cfg ``opt/cosim/cmd``)."""
+        """The board's command channel, for a machine that has one (Linux: fw_cfg)."""
         return self._dir / "command"
 
     @property
@@ -249,12 +254,8 @@ class Bridge:
                             f"shm_records={c.shm_records}"]
         if c.clock == "model":
             plugin_args.append("clock=model")
-        if c.board is not None:
-            board = c.board.qemu_args(c.smp, self.command_file)
-        else:
-            board = ["-M", "virt", "-bios", "none", "-m", c.memory, "-kernel", str(c.kernel)]
         return [
-            str(qemu_binary(self.arch)), *board,
+            str(qemu_binary(self.arch)), *c.machine.qemu_args(c.smp, self.command_file),
             "-display", "none", "-nodefaults", "-smp", str(c.smp),
             "-accel", f"tcg,thread=single,quantum={c.quantum}",
             "-icount", f"shift={c.icount_shift},sleep=off,align=off",
@@ -270,8 +271,9 @@ class Bridge:
 
     def start(self) -> "Bridge":
         cmd = self.command_line()
-        if self.config.board is not None:
-            self.command_file.write_bytes(self.config.board.command_bytes())
+        command = self.config.machine.command_bytes()
+        if command is not None:
+            self.command_file.write_bytes(command)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(self._dir / "plugin.sock"))
         self._listener.listen(1)

@@ -19,6 +19,7 @@ from typing import Sequence, TextIO
 
 from . import guest_image
 from . import snapshot as snap
+from .boards import DEFAULT_QUANTUM
 from .errors import CosimError
 from .libqflex_bridge import QemuConfig
 from .linux_machine import Hmat, LinuxBoard
@@ -36,13 +37,21 @@ class BootRequest:
     save: str
     force: bool = False
     smp: int = 2
-    quantum: int = 1000
+    quantum: int = DEFAULT_QUANTUM
     node_bytes: tuple[int, int] = (1 << 30, 1 << 30)
     cxl_bytes: int = 0
     add: Sequence[Path] = ()
     timing: Config | None = None        # boot under the timing model (slow)
     hmat_from: Config | None = None     # the figures HMAT announces (the timing config)
     console: TextIO | Path | None = None
+
+
+def hmat_of(cfg: Config) -> Hmat:
+    """What HMAT announces: the timing model's idle latencies and peak read bandwidths."""
+    dram_bw = cfg.dram.bandwidth_gbps * cfg.dram.channels
+    cxl_bw = cfg.cxl_read_gbps * cfg.cxl.devices
+    return Hmat(latency_ns=(round(cfg.dram.latency_ns), round(cfg.cxl_latency_ns)),
+                bandwidth_mbps=(round(dram_bw * 1000), round(cxl_bw * 1000)))
 
 
 def check_smp(smp: int) -> None:
@@ -64,7 +73,7 @@ def boot(req: BootRequest, store: snap.Store, log=print) -> Session:
     image = guest_image.build_image(req.add, log=log)
     board = LinuxBoard(kernel=image.kernel, initrd=image.initrd,
                        firmware=guest_image.firmware_dir(), node_bytes=req.node_bytes,
-                       cxl_bytes=req.cxl_bytes, hmat=Hmat.of(req.hmat_from or Config()))
+                       cxl_bytes=req.cxl_bytes, hmat=hmat_of(req.hmat_from or Config()))
     machine = QemuConfig(kernel=image.kernel, smp=req.smp, quantum=req.quantum,
                          mode="trace" if req.timing is not None else "fast",
                          memory=f"{board.memory_bytes >> 20}M", board=board)

@@ -29,11 +29,27 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from .boards import MemoryMap, MemoryTree
 from .errors import CosimError
-from .guest_image import KERNEL_APPEND
 from .paths import qemu_opt
-from .timing.config import Config
+
+#: Kernel command line of the guest image's kernel.
+#: init_on_alloc=0: Debian's kernel zeroes every page at allocation *and*
+#: again at an anonymous fault; under TCG that doubles the cost of touching
+#: fresh memory (e.g. 1 G instead of 0.5 G instructions for hotcold's setup).
+#: cryptomgr.notests: the crypto self-tests (ECDH key generation among them)
+#: otherwise run in kernel threads long after init is ready and keep a vCPU
+#: busy through the first workloads (measured: 45-70 M instructions).
+#: panic=-1: a panic reboots, which -no-reboot turns into QEMU exiting.
+#: memhp_default_state=online_movable: the CXL region's memory (onlined by
+#: kmem) holds user pages only; kernel allocations such as page tables in
+#: the MMIO-backed window corrupted the guest under TCG (a GUPS bound to the
+#: region died with "non-zero pgtables_bytes" and an OOM panic), and a
+#: movable-only node makes numactl --membind leave kernel allocations alone.
+KERNEL_APPEND = ("console=ttyS0 nokaslr mitigations=off tsc=reliable no_timer_check panic=-1 "
+                 "init_on_alloc=0 cryptomgr.notests memhp_default_state=online_movable")
 
 COMMAND_BYTES = 4096
 IDLE_COMMAND = "idle"
@@ -51,6 +67,7 @@ def exit_marker(nonce: str | None) -> re.Pattern[str]:
     tag = f"{re.escape(nonce)} " if nonce is not None else ""
     return re.compile(rf"^COSIM-EXIT {tag}(-?\d{{1,9}})\s*$", re.M)
 
+
 _4G = 1 << 32
 #: q35 keeps all RAM below 4 GiB when there is less than this much
 #: (hw/i386/pc_q35.c); otherwise 2 GiB below and the rest from 4 GiB up
@@ -61,23 +78,20 @@ CXL_WINDOW_SIZE = 4 << 30
 
 @dataclass(frozen=True)
 class Hmat:
-    """What HMAT tells the guest about node ``n``: idle latency and bandwidth."""
+    """What HMAT tells the guest about node ``n``: idle latency and bandwidth.
+
+    ``linux_flow.hmat_of`` derives it from a timing configuration.
+    """
 
     latency_ns: tuple[int, int]
     bandwidth_mbps: tuple[int, int]
 
-    @classmethod
-    def of(cls, cfg: Config) -> "Hmat":
-        """The timing model's idle latencies and peak read bandwidths."""
-        dram_bw = cfg.dram.bandwidth_gbps * cfg.dram.channels
-        cxl_bw = cfg.cxl_read_gbps * cfg.cxl.devices
-        return cls(latency_ns=(round(cfg.dram.latency_ns), round(cfg.cxl_latency_ns)),
-                   bandwidth_mbps=(round(dram_bw * 1000), round(cxl_bw * 1000)))
-
 
 @dataclass
 class LinuxBoard:
-    """Everything that shapes the q35 machine besides vCPUs, quantum and mode."""
+    """The q35 machine's Board: everything that shapes it besides vCPUs, quantum and mode."""
+
+    arch: ClassVar[str] = "x86_64"
 
     kernel: Path
     initrd: Path
@@ -192,6 +206,20 @@ class LinuxBoard:
         """Physical ranges of NUMA node ``node``: nodes follow each other in machine RAM."""
         offset = sum(self.node_bytes[:node])
         return self.physical(offset, self.node_bytes[node])
+
+    def memory_map(self, mtree: MemoryTree) -> MemoryMap:
+        """Both nodes' RAM; node 1 and the CXL fixed memory window (placed by QEMU) are CXL."""
+        ram = self.node_ranges(0) + self.node_ranges(1)
+        cxl = list(self.node_ranges(1))
+        if self.cxl_bytes:
+            window = (cxl_window_base(mtree()), self.cxl_bytes)
+            ram.append(window)
+            cxl.append(window)
+        return MemoryMap(ram=ram, cxl=cxl)
+
+    def roi(self) -> tuple[int, int]:
+        """No ROI markers: a Linux workload is measured whole."""
+        return -1, -1
 
 
 def init_report(console: str) -> str:

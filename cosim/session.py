@@ -25,7 +25,7 @@ from . import __version__, paths
 from . import snapshot as snap
 from .errors import CosimError
 from .libqflex_bridge import Bridge, QemuConfig, Report, qemu_binary
-from .linux_machine import cxl_window_base
+from .linux_machine import LinuxBoard
 from .progress import Progress
 from .quantum import Schedule, run_round_robin
 from .timing import config as timing_config
@@ -41,20 +41,9 @@ from .timing.memory import TICKS_PER_CYCLE
 if TYPE_CHECKING:
     from .control import Controller
 
-#: riscv64 ``virt``: RAM starts here (QEMU hw/riscv/virt.c)
-RAM_BASE = 0x8000_0000
 RESULT_LINE = re.compile(r"^RESULT .*$", re.M)
 #: how often a run refreshes its progress line and the status the control plane serves
 PUBLISH_EVERY_S = 0.05
-
-
-def parse_size(text: str, flag: str = "--memory") -> int:
-    """Bytes of a QEMU-style size (``512M``, ``2G``; a bare number is MiB)."""
-    m = re.fullmatch(r"(\d{1,15})([KMG]?)", text.strip().upper())
-    if not m or int(m.group(1)) == 0:
-        raise CosimError(f"{flag} {text!r}: want a size such as 512M or 2G")
-    scale = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
-    return int(m.group(1)) * scale
 
 
 def _image_packages(initrd: Path) -> dict[str, str]:
@@ -215,21 +204,13 @@ class Session:
     def _build_model(self) -> timing_state.Model:
         assert self.spec.timing is not None
         c = self.config
-        if c.board is None:
-            return timing_state.build(self.spec.timing, c.smp, [(RAM_BASE, parse_size(c.memory))],
-                                      roi=timing_stats.roi_addresses(c.kernel))
-        # Linux q35: node 1 and the CXL window are served by the CXL controllers
-        board = c.board
-        ram = board.node_ranges(0) + board.node_ranges(1)
-        cxl = list(board.node_ranges(1))
-        if board.cxl_bytes:
-            window = (cxl_window_base(self.bridge.hmp("info mtree -f")), board.cxl_bytes)
-            ram.append(window)
-            cxl.append(window)
+        memory = c.machine.memory_map(lambda: self.bridge.hmp("info mtree -f"))
         cfg = self.spec.timing
-        cfg = replace(cfg, memory=replace(cfg.memory, ranges=tuple(cfg.memory.ranges) + tuple(
-            (start, size, "cxl") for start, size in cxl)))
-        return timing_state.build(cfg, c.smp, ram)
+        if memory.cxl:
+            # the board's CXL memory is served by the CXL controllers
+            cfg = replace(cfg, memory=replace(cfg.memory, ranges=tuple(cfg.memory.ranges) + tuple(
+                (start, size, "cxl") for start, size in memory.cxl)))
+        return timing_state.build(cfg, c.smp, memory.ram, roi=c.machine.roi())
 
     def _on_progress(self, report: Report) -> None:
         """Progress and the published status, every ``PUBLISH_EVERY_S`` of wall time.
@@ -329,10 +310,7 @@ class Session:
                      "patch_hash": paths.patch_hash(), "version": paths.QEMU_DEBIAN_VERSION},
             "guest": {"arch": self.bridge.arch, "kernel": str(self.config.kernel),
                       "kernel_blake2b": snap.file_digest(self.config.kernel),
-                      **({"board": dict(self.config.board.describe(), initrd_blake2b=snap.file_digest(
-                          self.config.board.initrd)),
-                          "packages": _image_packages(self.config.board.initrd)}
-                         if self.config.board else {})},
+                      **self._linux_guest_record()},
             "machine": {"smp": self.config.smp, "memory": self.config.memory,
                         "seed": self.config.seed},
             "command_line": self.bridge.command_line(),
@@ -425,6 +403,14 @@ class Session:
             doc["max_time_skew_cycles"] = engine.max_time_skew // TICKS_PER_CYCLE
             doc["clock"] = timing_stats.clock_report(engine, self.time_base)
         return doc
+
+    def _linux_guest_record(self) -> dict:
+        """A Linux board's description and image packages, as a snapshot manifest keeps them."""
+        board = self.config.board
+        if not isinstance(board, LinuxBoard):
+            return {}
+        return {"board": dict(board.describe(), initrd_blake2b=snap.file_digest(board.initrd)),
+                "packages": _image_packages(board.initrd)}
 
     def summary(self) -> dict:
         wall = time.monotonic() - self._started

@@ -34,8 +34,7 @@ from elftools.elf.elffile import ELFFile
 
 from . import snapshot_format as fmt
 from .errors import CosimError
-from .snapshot_format import (FORMAT, MACHINE_STATE, MANIFEST, PLUGIN_STATE, RUN_STATE,
-                              TIMING_STATE)
+from .snapshot_format import FORMAT, MANIFEST, PLUGIN_STATE, RUN_STATE, TIMING_STATE
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TMP_MARK = ".tmp-"

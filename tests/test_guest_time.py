@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from conftest import busy_other_core, cosim_json, linux_run
 from cosim.timing import config as timing_config
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cosim.errors import CosimError
-from cosim.linux_flow import result_value, workload_command
+from cosim.linux_flow import hmat_of, result_value, workload_command
 from cosim.linux_machine import (COMMAND_BYTES, Hmat, LinuxBoard, cxl_window_base,
                                  init_report)
 from cosim.timing import config as timing_config
@@ -44,10 +44,10 @@ def test_node_above_the_q35_split_moves_to_4g():
 
 def test_hmat_follows_the_timing_config():
     cfg = timing_config.load(None, None)
-    h = Hmat.of(cfg)
+    h = hmat_of(cfg)
     assert h.latency_ns == (round(cfg.dram.latency_ns), round(cfg.cxl_latency_ns))
     assert h.latency_ns[1] > h.latency_ns[0]
-    switched = Hmat.of(timing_config.load("cxl-switch", None))
+    switched = hmat_of(timing_config.load("cxl-switch", None))
     assert switched.latency_ns[1] > h.latency_ns[1]
 
 

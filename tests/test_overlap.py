@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import guest
+from cosim.boards import roi_addresses
 from cosim.errors import CosimError
 from cosim.libqflex_bridge import Bridge, QemuConfig
 from cosim.quantum import Schedule
@@ -25,7 +26,7 @@ def timing_run(kernel: str, smp: int, overlap: bool,
     """(timing document, guest output, digest, engine counts) of one run."""
     path = guest(kernel)
     model = state.build(timing_config.load(None, None), smp, [(0x80000000, 256 << 20)],
-                        roi=stats.roi_addresses(path))
+                        roi=roi_addresses(path))
     sent = {"early": 0, "commands": 0}
     with Bridge(QemuConfig(kernel=path, smp=smp, quantum=1000, mode="trace", memory="256M",
                            clock="model")) as bridge:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import guest
+from cosim.boards import roi_addresses
 from cosim.errors import CosimError
 from cosim.libqflex_bridge import Bridge, QemuConfig
 from cosim.quantum import Schedule
@@ -24,7 +25,7 @@ def timing_run(kernel: str, smp: int, order: str) -> tuple[dict, str, str, dict]
     """(timing document, guest output, digest, commands by kind) of one run."""
     path = guest(kernel)
     model = state.build(timing_config.load(None, None), smp, [(0x80000000, 256 << 20)],
-                        roi=stats.roi_addresses(path))
+                        roi=roi_addresses(path))
     sent = {"step": 0, "round": 0, "round_turns": 0}
     with Bridge(QemuConfig(kernel=path, smp=smp, quantum=1000, mode="trace", memory="256M",
                            clock="model")) as bridge:

@@ -282,7 +282,6 @@ class RoundRun(TimingRun):
 
     def _feed_round(self, report: Report) -> tuple[int, int]:
         """Feed a round's turns in simulated-time order; (start, end) of QEMU's last turn."""
-        scal = self.model.K.scal
         turns = report.turn_list
         last_start = last_end = 0
         if turns:

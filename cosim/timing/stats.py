@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from elftools.elf.elffile import ELFFile
 
 from . import caches, core, memory
 from .memory import TICKS_PER_CYCLE as T
@@ -16,19 +14,6 @@ if TYPE_CHECKING:
     from .engine import TimingRun
 
 HOT_PAGES = 10
-
-
-def roi_addresses(elf: Path) -> tuple[int, int]:
-    """Addresses of the guest's ROI marker symbols (-1 when it has none)."""
-    with open(elf, "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
-        found = {}
-        if symtab is not None:
-            for name in ("cosim_roi_begin", "cosim_roi_end"):
-                syms = symtab.get_symbol_by_name(name)
-                if syms:
-                    found[name] = syms[0]["st_value"]
-    return found.get("cosim_roi_begin", -1), found.get("cosim_roi_end", -1)
 
 
 def _cache_rows(m: Model, insns: np.ndarray) -> list[dict]:
