@@ -117,7 +117,7 @@ def board_of(s: snap.Snapshot, command: str) -> LinuxBoard:
         raise CosimError(f"snapshot {s.name}: not a Linux boot (its guest is "
                          f"{Path(s.manifest['guest'].get('kernel', '?')).name}); "
                          "make one with: cosim boot --save NAME")
-    board = LinuxBoard.from_description(desc, command)
+    board = LinuxBoard.from_description(desc, command, nonce_seed=str(s.manifest.get("digest", s.name)))
     for path, key in ((board.initrd, "initrd_blake2b"),):
         if not path.is_file():
             raise CosimError(f"snapshot {s.name}: its guest image file {path} is gone; "

@@ -14,9 +14,11 @@ after it. The guest's ``COSIM-READY`` and ``COSIM-EXIT`` lines carry the
 nonce, so output of a workload that happens to print a marker (or a workload
 that never reads the channel) cannot end a boot or fake an exit code. The
 guest is root and could read the channel itself: the nonce is against
-accidents and sloppy workloads, not a hostile guest. It is random: the guest
-only copies its 16 hex digits, which takes the same instructions whatever
-their value, so cycle counts do not depend on it. fw_cfg content is not part of QEMU's migration
+accidents and sloppy workloads, not a hostile guest. It is derived from what
+defines the launch (the snapshot it starts from and its command), not drawn
+at random: the guest's tty code looks each printed character up in tables,
+at addresses that depend on its value, so a random nonce would change the
+trace and the run digest from one identical run to the next. fw_cfg content is not part of QEMU's migration
 stream, so a restored machine reads the command given to *this* launch,
 and it is fixed before the first instruction runs: a channel fed while the
 guest runs (virtio-serial) would deliver at a host-timing dependent
@@ -25,9 +27,9 @@ instruction and break determinism.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -57,9 +59,10 @@ READY_MARKER = "COSIM-READY"
 NONCE_HEX_DIGITS = 16
 
 
-def new_nonce() -> str:
-    """A launch's marker nonce: 16 lowercase hex digits."""
-    return secrets.token_hex(NONCE_HEX_DIGITS // 2)
+def marker_nonce(seed: str, command: str) -> str:
+    """A launch's marker nonce, 16 hex digits, from where it starts (``seed``) and its command."""
+    return hashlib.blake2b(f"{seed}\0{command}".encode(), digest_size=NONCE_HEX_DIGITS // 2,
+                           person=b"cosim-nonce").hexdigest()
 
 
 def exit_marker(nonce: str | None) -> re.Pattern[str]:
@@ -100,8 +103,20 @@ class LinuxBoard:
     cxl_bytes: int = 0                  # a cxl-type3 volatile device of this size (0: none)
     hmat: Hmat = Hmat((90, 198), (25600, 20000))
     command: str = IDLE_COMMAND
-    #: this launch's marker nonce; None for a guest booted before markers had one
-    nonce: str | None = field(default_factory=new_nonce)
+    #: where this launch starts, for its nonce: a snapshot's run digest, "boot" for a boot
+    nonce_seed: str = "boot"
+    #: the nonce of the command the guest was running when its snapshot was taken:
+    #: the guest prints that one, so a continuation keeps it
+    running_nonce: str | None = None
+    #: False for a guest booted before its markers carried a nonce
+    nonce_markers: bool = True
+
+    @property
+    def nonce(self) -> str | None:
+        """This launch's marker nonce (None: a guest from before nonces)."""
+        if not self.nonce_markers:
+            return None
+        return self.running_nonce or marker_nonce(self.nonce_seed, self.command)
 
     @property
     def memory_bytes(self) -> int:
@@ -173,16 +188,22 @@ class LinuxBoard:
                 "firmware": str(self.firmware), "node_bytes": list(self.node_bytes),
                 "cxl_bytes": self.cxl_bytes, "hmat_latency_ns": list(self.hmat.latency_ns),
                 "hmat_bandwidth_mbps": list(self.hmat.bandwidth_mbps),
-                "marker_nonce": self.nonce is not None}
+                "marker_nonce": self.nonce_markers,
+                # saved while the guest runs a command: it will print this nonce
+                **({"running_nonce": self.nonce}
+                   if self.nonce_markers and (self.running_nonce or self.command != IDLE_COMMAND)
+                   else {})}
 
     @classmethod
-    def from_description(cls, d: dict, command: str = IDLE_COMMAND) -> "LinuxBoard":
+    def from_description(cls, d: dict, command: str = IDLE_COMMAND,
+                         nonce_seed: str = "boot") -> "LinuxBoard":
         return cls(kernel=Path(d["kernel"]), initrd=Path(d["initrd"]),
                    firmware=Path(d["firmware"]), node_bytes=tuple(d["node_bytes"]),
                    cxl_bytes=d["cxl_bytes"],
                    hmat=Hmat(tuple(d["hmat_latency_ns"]), tuple(d["hmat_bandwidth_mbps"])),
-                   command=command,
-                   nonce=new_nonce() if d.get("marker_nonce") else None)
+                   command=command, nonce_seed=nonce_seed,
+                   running_nonce=d.get("running_nonce"),
+                   nonce_markers=bool(d.get("marker_nonce")))
 
     @property
     def nodes(self) -> list[int]:

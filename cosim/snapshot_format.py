@@ -84,6 +84,7 @@ class Board(Struct):
     hmat_bandwidth_mbps: tuple[Count, Count]
     initrd_blake2b: Hex128 | UnsetType = UNSET
     marker_nonce: bool = False      # the guest's markers carry a launch nonce
+    running_nonce: Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")] | UnsetType = UNSET
 
 
 class Guest(Struct):

@@ -126,11 +126,9 @@ def test_two_boots_are_identical(plain, tmp_path):
     linux_boot(tmp_path, "again")
     first, second = (snap.Store(r).load(n).manifest for r, n in ((root, "boot_done"),
                                                                   (tmp_path, "again")))
-    logs = [(r / f"{n}.boot.log").read_text() for r, n in ((root, "boot_done"), (tmp_path, "again"))]
-    nonces = [re.findall(r"^COSIM-READY ([0-9a-f]{16})$", log, re.M) for log in logs]
-    assert len(nonces[0]) == len(nonces[1]) == 1 and nonces[0] != nonces[1]   # one per launch
-    # the nonce differs, and nothing else: not the text, not the instruction count
-    assert logs[1].replace(nonces[1][0], nonces[0][0]) == logs[0]
+    log = (tmp_path / "again.boot.log").read_text()
+    assert log == (root / "boot_done.boot.log").read_text()
+    assert re.search(r"^COSIM-READY [0-9a-f]{16}$", log, re.M)   # the marker carries the nonce
     assert (second["total_insns"], second["digest"]) == (first["total_insns"], first["digest"])
 
 
@@ -176,19 +174,26 @@ def test_instruction_fetches_reach_the_node_their_text_is_on(plain):
     """Fetch records carry guest-physical lines: text copied to node 1 is fetched from CXL.
 
     Both runs copy pchase to node 1 first (the same CXL traffic); one runs the
-    copy, the other the original on node 0. Data is bound to node 0 in both.
-    With virtual fetch addresses (before QEMU patch 0010) both runs fetch the
-    same lines and their CXL reads are equal.
+    copy, the other the original on node 0. Data is bound to node 0 in both,
+    32 MiB of it, so that the text lines cp left in the caches are evicted
+    before the code after the set-up runs. The runs are deterministic, so the
+    figures are exact; measured with physical fetch lines: 454 more CXL reads
+    and 155,893 more L1I stall cycles for the copy. With virtual ones (before
+    QEMU patch 0010: both runs fetch the same lines) 202 and 35,265: the
+    copy's read-only data still comes from node 1, its text did not.
     """
     root, _ = plain
     copy = "numactl --membind=1 -- cp /workloads/pchase /pchase1"
-    work = "-s 2M -n 20000"
+    work = "-s 32M -n 20000"
     on_cxl, on_dram = (_run_command(root, "boot_done", f"{copy} && numactl --membind=0 -- {exe} {work}")
                        for exe in ("/pchase1", "/workloads/pchase"))
-    cxl, dram = on_cxl["timing"]["memory"]["cxl"]["reads"], on_dram["timing"]["memory"]["cxl"]["reads"]
-    print(f"CXL reads: text on node 1 {cxl:,}, text on node 0 {dram:,}")
-    assert cxl - dram >= 50, (cxl, dram)
+    reads = [r["timing"]["memory"]["cxl"]["reads"] for r in (on_cxl, on_dram)]
+    l1i = [sum(c["cpi_stack"]["l1i"] * c["instructions"] for c in r["timing"]["cores"])
+           for r in (on_cxl, on_dram)]
+    print(f"text on node 1 / node 0: CXL reads {reads[0]:,} / {reads[1]:,}, "
+          f"L1I stall cycles {l1i[0]:,.0f} / {l1i[1]:,.0f}")
+    assert reads[0] - reads[1] >= 350, reads
+    assert l1i[0] - l1i[1] >= 100_000, l1i
     sums = [m for r in on_cxl["guest_results"] + on_dram["guest_results"]
             for m in re.findall(r"^RESULT pchase .*checksum=(0x[0-9a-f]+)", r)]
     assert len(sums) == 2 and sums[0] == sums[1]
-

@@ -3,15 +3,12 @@
  *
  * The host passes  -fw_cfg name=opt/cosim/cmd,file=PATH  with PATH exactly
  * 4096 bytes: text padded with NUL bytes.  The text's first line is the
- * launch's nonce (16 hex digits, new for every QEMU process), which /init
+ * launch's nonce (16 hex digits, derived by the host from the launch), which /init
  * puts in its COSIM-READY and COSIM-EXIT lines so that the host can tell
  * them from workload output; the rest (up to the first NUL, whitespace-
  * stripped) is the command.  While the command is "idle", we sleep and read
  * it again; anything else is the command line, printed to stdout (no
  * newline) for /init to run.  A text without a newline is all command.
- *
- * The nonce is only copied, never parsed, so the instructions spent on it
- * do not depend on its value (cycle counts must not).
  *
  * Why a C helper rather than `cat` in a shell loop: a poll costs a few
  * thousand guest instructions instead of two fork+execs, and the loop below
@@ -49,6 +46,10 @@
 #define FILE_NAME "opt/cosim/cmd"
 #define SYSFS_RAW "/sys/firmware/qemu_fw_cfg/by_name/" FILE_NAME "/raw"
 #define MAX_CMD 4096
+/* -n reads only this much (16 hex digits and the newline): the instructions it
+ * takes must not depend on the command after it, which a restored machine's
+ * launch may give differently (cycle counts of a continuation must not move) */
+#define NONCE_LINE 17
 #define CHUNK 256
 
 #define FW_CFG_PORT_SEL 0x510
@@ -60,12 +61,12 @@ static int sysfs_fd = -1;
 static unsigned port_select;  /* fw_cfg key of our file when using ports */
 static unsigned port_size;
 
-/* Read the file's text up to the first NUL into buf (NUL-terminated). */
-static int read_sysfs(char *buf)
+/* Read the file's text up to the first NUL, at most limit bytes, into buf (NUL-terminated). */
+static int read_sysfs(char *buf, size_t limit)
 {
     size_t len = 0;
-    while (len < MAX_CMD) {
-        size_t want = MAX_CMD - len < CHUNK ? MAX_CMD - len : CHUNK;
+    while (len < limit) {
+        size_t want = limit - len < CHUNK ? limit - len : CHUNK;
         ssize_t n = pread(sysfs_fd, buf + len, want, (off_t)len);
         if (n < 0) {
             if (errno == EINTR)
@@ -82,7 +83,7 @@ static int read_sysfs(char *buf)
         }
         len += (size_t)n;
     }
-    buf[len < MAX_CMD ? len : MAX_CMD] = 0;
+    buf[len < limit ? len : limit] = 0;
     return 0;
 }
 
@@ -126,11 +127,11 @@ static int open_ports(void)
     return -1;
 }
 
-static int read_ports(char *buf)
+static int read_ports(char *buf, size_t limit)
 {
     port_select_key(port_select);
     size_t len = 0;
-    while (len < port_size) {
+    while (len < port_size && len < limit) {
         unsigned char c = port_byte();
         if (c == 0)
             break;
@@ -140,7 +141,10 @@ static int read_ports(char *buf)
     return 0;
 }
 
-static int read_text(char *buf) { return sysfs_fd >= 0 ? read_sysfs(buf) : read_ports(buf); }
+static int read_text(char *buf, size_t limit)
+{
+    return sysfs_fd >= 0 ? read_sysfs(buf, limit) : read_ports(buf, limit);
+}
 
 /* Strip leading and trailing whitespace in place; return the start. */
 static char *strip(char *s)
@@ -197,7 +201,8 @@ int main(int argc, char **argv)
     static char a[MAX_CMD + 1], b[MAX_CMD + 1];
     struct timespec ts = {interval_ms / 1000, (interval_ms % 1000) * 1000000L};
     for (;;) {
-        if (read_text(a) != 0 || read_text(b) != 0) {
+        size_t limit = nonce_only ? NONCE_LINE : MAX_CMD;
+        if (read_text(a, limit) != 0 || read_text(b, limit) != 0) {
             fprintf(stderr, "COSIM-NOCMD reading fw_cfg file " FILE_NAME " failed: %s\n", strerror(errno));
             return 3;
         }
