@@ -34,7 +34,9 @@ from elftools.elf.elffile import ELFFile
 
 from . import snapshot_format as fmt
 from .errors import CosimError
-from .snapshot_format import FORMAT, MANIFEST, PLUGIN_STATE, RUN_STATE, TIMING_STATE
+# MACHINE_STATE too: the member names are part of this module's interface
+from .snapshot_format import (FORMAT, MACHINE_STATE, MANIFEST, PLUGIN_STATE,  # noqa: F401
+                              RUN_STATE, TIMING_STATE)
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 TMP_MARK = ".tmp-"
