@@ -18,11 +18,13 @@ accidents and sloppy workloads, not a hostile guest. It is derived from what
 defines the launch (the snapshot it starts from and its command), not drawn
 at random: the guest's tty code looks each printed character up in tables,
 at addresses that depend on its value, so a random nonce would change the
-trace and the run digest from one identical run to the next. fw_cfg content is not part of QEMU's migration
-stream, so a restored machine reads the command given to *this* launch,
-and it is fixed before the first instruction runs: a channel fed while the
-guest runs (virtio-serial) would deliver at a host-timing dependent
-instruction and break determinism.
+trace and the run digest from one identical run to the next.
+
+fw_cfg content is not part of QEMU's migration stream, so a restored
+machine reads the command given to *this* launch, and it is fixed before
+the first instruction runs: a channel fed while the guest runs
+(virtio-serial) would deliver at a host-timing dependent instruction and
+break determinism.
 """
 
 from __future__ import annotations
