@@ -7,8 +7,9 @@
  * puts in its COSIM-READY and COSIM-EXIT lines so that the host can tell
  * them from workload output; the rest (up to the first NUL, whitespace-
  * stripped) is the command.  While the command is "idle", we sleep and read
- * it again; anything else is the command line, printed to stdout (no
- * newline) for /init to run.  A text without a newline is all command.
+ * it again; anything else is printed to stdout as NONCE:COMMAND (no
+ * newline) for /init to split and run.  A text without a newline is all
+ * command (an empty nonce).
  *
  * Why a C helper rather than `cat` in a shell loop: a poll costs a few
  * thousand guest instructions instead of two fork+execs, and the loop below
@@ -221,6 +222,10 @@ int main(int argc, char **argv)
             ts.tv_sec = interval_ms / 1000;
             ts.tv_nsec = (interval_ms % 1000) * 1000000L;
             continue;
+        }
+        if (!once) {
+            fputs(nonce, stdout);   /* NONCE:COMMAND, for /init to split */
+            fputc(':', stdout);
         }
         fputs(text, stdout);
         return fflush(stdout) == 0 ? 0 : 1;
