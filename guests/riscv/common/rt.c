@@ -410,8 +410,11 @@ uint64_t sum_over_harts(int hart, uint64_t mine)
 }
 
 /* ---- region of interest (see rt.h) ------------------------------------ */
-volatile uint64_t cosim_roi_begin ALIGNED(CACHE_LINE);
-volatile uint64_t cosim_roi_end ALIGNED(CACHE_LINE);
+/* Initialised, so in .data: the timing model takes any store to them as a
+ * marker, and start.S's clear of .bss would otherwise mark a bogus region
+ * at start-up (a run stopped before roi_end reported it, even negative). */
+volatile uint64_t cosim_roi_begin ALIGNED(CACHE_LINE) = UINT64_MAX;
+volatile uint64_t cosim_roi_end ALIGNED(CACHE_LINE) = UINT64_MAX;
 
 void roi_begin(void)
 {
