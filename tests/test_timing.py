@@ -95,8 +95,14 @@ def test_false_sharing_costs_invalidations_and_cycles(order: str) -> None:
     coherence = lambda t: [c["cpi_stack"]["coherence"] for c in t["cores"]]  # noqa: E731
     assert sum(coherence(shared)) / 4 > 1.0 > 100 * max(coherence(padded))
     if order == "exact":
-        # one turn per round trip: every hart's stores bounce the line
-        assert min(coherence(shared)) > 1.0
+        # one turn per round trip: every hart's stores bounce the line. Per
+        # instruction of its ROI, not of its run: a hart that finishes first
+        # spins at the closing barrier (cheap instructions that dilute its
+        # whole-run CPI; measured: 1.38 M against 0.1 M of ROI)
+        roi_insns = {c["core"]: c["instructions"] for c in shared["roi"]["cores"]}
+        per_roi_insn = [c["cpi_stack"]["coherence"] * c["instructions"] / roi_insns[c["core"]]
+                        for c in shared["cores"]]
+        assert min(per_roi_insn) > 1.0, per_roi_insn
 
 
 def full_timing_json(kernel: str, order: str) -> str:
