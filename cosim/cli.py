@@ -29,6 +29,7 @@ from .libqflex_bridge import QemuConfig, printable, qemu_binary
 from .boards import DEFAULT_MEMORY, DEFAULT_QUANTUM, DEFAULT_SMP, parse_size
 from .limits import MAX_QUANTUM, MAX_SMP
 from .session import RunSpec, Session
+from .timing import chmu_spec
 from .timing import config as timing_config
 from .timing import stats as timing_stats
 from .timing.config import PRESET_DOCS
@@ -167,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="timing preset: " + ", ".join(f"{k} ({v})" for k, v in PRESET_DOCS.items()))
     run.add_argument("--config", type=Path, metavar="FILE",
                      help="timing configuration (TOML; fields override the preset)")
+    run.add_argument("--chmu", nargs="?", const="", default=None, metavar="SPEC",
+                     help="with --timing: a CXL hotness monitoring unit per CXL memory device; "
+                          "SPEC is key=value,... over the [chmu] configuration, e.g. "
+                          "tracker=space-saving,counters=1024,unit=4K,epoch=1ms "
+                          "(`cosim config show` lists the fields)")
     run.add_argument("--plot", type=Path, metavar="DIR",
                      help="with --timing: write PNG charts (CPI stacks, latency, page hotness)")
     run.add_argument("--console", type=Path, metavar="FILE",
@@ -312,8 +318,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.save:
         snap.check_name(args.save)
         store.check_can_save(args.save, args.force)
-    if not args.timing and (args.preset or args.config or args.plot):
-        raise CosimError("--preset, --config and --plot need --timing")
+    if not args.timing and (args.preset or args.config or args.plot or args.chmu is not None):
+        raise CosimError("--preset, --config, --chmu and --plot need --timing")
     if args.timing and args.mode_given == "fast":
         raise CosimError("--mode fast: the timing model needs trace mode (drop --mode)")
     if args.warmup and not (args.snapshot and args.timing):
@@ -328,6 +334,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plot:
         writable_dir(args.plot, "--plot")
     timing_cfg = timing_config.load(args.preset, args.config) if args.timing else None
+    if timing_cfg is not None and args.chmu is not None:
+        timing_cfg = chmu_spec.apply(timing_cfg, args.chmu)
     snapshot = restorable(store, args) if args.snapshot else None
     board = None
     if (args.workload or args.numa or args.args) and not (

@@ -28,6 +28,7 @@ from .libqflex_bridge import Bridge, QemuConfig, Report, qemu_binary
 from .linux_machine import LinuxBoard
 from .progress import Progress
 from .quantum import Schedule, run_round_robin
+from .timing import chmu_monitor
 from .timing import config as timing_config
 from .timing import core
 from .timing import persist
@@ -276,6 +277,8 @@ class Session:
             if self.model is not None:
                 engine = (self.engine.state() if self.engine is not None else
                           self._resume_engine or {})
+                if self.model.chmu is not None:
+                    engine = dict(engine, chmu=self.model.chmu.state())
                 (tmp / snap.TIMING_STATE).write_bytes(persist.dumps(
                     self.model, dict(engine, time_base=self.time_base),
                     timing_config.show(self.model.cfg, "timing configuration of the snapshot"),
@@ -353,6 +356,15 @@ class Session:
         if doc["config_digest"] != self.model.cfg.digest():
             self.notes.append(f"timing configuration {self.model.cfg.digest()} differs from the "
                               f"snapshot's {doc['config_digest']}")
+        chmu_cold = [n for n in cold if n.startswith("H.Mm.chmu.")]
+        cold = [n for n in cold if n not in chmu_cold]
+        if self.model.chmu is not None:
+            if chmu_cold or "chmu" not in doc["engine"]:
+                self.notes.append("the CHMU starts with empty counters (the snapshot's CHMU "
+                                  "configuration differs, or it had none)")
+                chmu_monitor.clear(self.model.chmu.C)
+            else:
+                self.model.chmu.load(doc["engine"]["chmu"])
         if cold:
             self.notes.append("started cold (shape or geometry changed): " + ", ".join(cold))
 
@@ -398,6 +410,8 @@ class Session:
                                     str(self.spec.config_file) if self.spec.config_file else None,
                                     time_base=self.time_base,
                                     parked=engine.parked if engine is not None else None)
+        if self.model.chmu is not None:
+            doc["chmu"] = self.model.chmu.document()
         if engine is not None:
             doc["order"] = self.order
             doc["max_time_skew_cycles"] = engine.max_time_skew // TICKS_PER_CYCLE

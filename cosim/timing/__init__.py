@@ -16,7 +16,7 @@ from .. import paths
 def _kernel_sources() -> list[Path]:
     """The modules that hold numba kernels (each compiles the others' into itself)."""
     here = Path(__file__).parent
-    return [here / name for name in ("caches.py", "hierarchy.py", "memory.py", "core.py")]
+    return [here / name for name in ("caches.py", "hierarchy.py", "memory.py", "chmu.py", "core.py")]
 
 
 def kernels_compiled_marker() -> Path:

@@ -117,6 +117,49 @@ class MemoryConfig:
                                                   "node 1 = CXL)")
 
 
+TRACKERS = ("oracle", "space-saving", "count-min", "sample")
+
+
+@dataclass(frozen=True)
+class ChmuConfig:
+    """The CXL Hotness Monitoring Unit (CXL 3.2, 8.2.8.x): one per CXL memory device."""
+
+    enabled: bool = F(False, doc="count what reaches each CXL memory device (LLC misses and "
+                      "writebacks) in a hotness monitoring unit; --chmu turns it on")
+    tracker: str = F("space-saving", doc="'+'-separated trackers of oracle, space-saving, "
+                     "count-min, sample: the first fills the device's hot list, every one is "
+                     "measured against the oracle")
+    unit_bytes: int = F(4096, 256, 1 << 30, "unit size, 256 B x 2^N (the capability's Unit "
+                        "Size); 4 KiB is a base page")
+    epoch_us: float = F(1000.0, 100.0, 100_000_000.0, "epoch length in simulated time (the "
+                        "capability's epoch range: 100 us .. 100 s)")
+    threshold: int = F(1, 1, (1 << 32) - 1, "hotness threshold: a unit with at least this "
+                       "count in an epoch may enter the hot list")
+    hot_list: int = F(1024, 1, 1 << 16, "hot-list capacity: units reported per epoch, "
+                      "hottest first")
+    counters: int = F(1024, 1, 1 << 20, "space-saving counters: the device's counter budget")
+    counter_bits: int = F(16, 1, 32, "counter width; counts saturate")
+    access: str = F("rw", doc="what is counted: r (reads: LLC misses), w (writebacks), rw",
+                    choices=("r", "w", "rw"))
+    range_base: int = F(0, 0, 1 << 50, "range filter: first byte counted, from the device's "
+                        "start; a multiple of 256 MiB")
+    range_size: int = F(0, 0, 1 << 50, "range filter: bytes counted, a multiple of 256 MiB; "
+                        "0 counts the whole device")
+    mode: str = F("epoch", doc="epoch: counters restart every epoch; always-on: they "
+                  "accumulate, and a hot list is still drawn at every epoch end",
+                  choices=("epoch", "always-on"))
+    downsample: int = F(1, 1, 1 << 16, "the trackers count every N-th access (the spec's "
+                        "down-sampling factor); the oracle counts all")
+    cm_depth: int = F(4, 1, 16, "count-min sketch rows")
+    cm_width: int = F(4096, 16, 1 << 24, "count-min counters per row (power of two)")
+    sample_every: int = F(64, 1, 1 << 30, "sample tracker: every N-th access")
+    sample_period_ns: float = F(0.0, 0.0, 1e9, "sample tracker: the first access after each "
+                                "period of simulated time instead (0: use sample_every)")
+    sample_buffer: int = F(1 << 16, 1, 1 << 24, "samples kept per epoch (more are counted as "
+                           "dropped)")
+    report_epochs: int = F(8, 1, 1 << 16, "epochs whose hot lists the JSON keeps (the last)")
+
+
 @dataclass(frozen=True)
 class Config:
     core: CoreConfig = field(default_factory=CoreConfig)
@@ -129,6 +172,7 @@ class Config:
     dram: DramConfig = field(default_factory=DramConfig)
     cxl: CxlConfig = field(default_factory=CxlConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    chmu: ChmuConfig = field(default_factory=ChmuConfig)
 
     # ---- derived figures (cycles) ---------------------------------------
     def ns_to_cycles(self, ns: float) -> float:
@@ -208,6 +252,12 @@ def _check_value(where: str, f: Any, value: Any) -> Any:
     lo, hi, choices = meta["lo"], meta["hi"], meta["choices"]
     if f.name == "ranges":
         return _check_ranges(where, value)
+    if f.name == "tracker":
+        names = value.split("+") if isinstance(value, str) else []
+        if not names or any(n not in TRACKERS for n in names) or len(set(names)) != len(names):
+            raise _bad(where, value, f"must be one or more of {', '.join(TRACKERS)}, "
+                       "joined by '+'")
+        return value
     if choices:
         if value not in choices:
             raise _bad(where, value, f"must be one of {', '.join(choices)}")
@@ -299,6 +349,20 @@ def _check_shape(cfg: Config) -> None:
         raise _bad("cxl.device_latency_ns", cfg.cxl.device_latency_ns,
                    f"CXL latency must exceed the LLC latency plus a line transfer "
                    f"({floor:.1f} cycles)")
+    _check_chmu(cfg)
+
+
+def _check_chmu(cfg: Config) -> None:
+    c = cfg.chmu
+    if c.unit_bytes & (c.unit_bytes - 1):
+        raise _bad("chmu.unit_bytes", c.unit_bytes, "must be a power of two, 256 B x 2^N "
+                   "(256 .. 1 GiB)")
+    if c.cm_width & (c.cm_width - 1):
+        raise _bad("chmu.cm_width", c.cm_width, "must be a power of two in 16..16777216")
+    for name in ("range_base", "range_size"):
+        v = getattr(c, name)
+        if v % (256 << 20):
+            raise _bad(f"chmu.{name}", v, "must be a multiple of 256 MiB (268435456)")
 
 
 def load(preset: str | None = None, path: Path | None = None) -> Config:

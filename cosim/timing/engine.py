@@ -262,6 +262,8 @@ class TimingRun:
         return self.max_insns is None or self.schedule.total < self.max_insns
 
     def _send(self, cmd: dict) -> None:
+        if self.model.chmu is not None:
+            self.model.chmu.before_command()
         self.bridge.send_step(cmd["vcpu"], cmd["n"], turns=cmd["turns"], parked=cmd["parked"],
                               clock=cmd["clock"], rate=cmd["rate"], cap=cmd["cap"])
 
@@ -400,7 +402,22 @@ class TimingRun:
         if report.exited and report.partial_vcpu >= 0:
             start = int(scal[v, core.T_TIME])
             self._feed(report.partial_vcpu, report.partial_records, report.partial_insns)
+        self._epochs(self._decided_unsent(v))
         return start
+
+    def _decided_unsent(self, v: int) -> bool:
+        """Was a command decided before this report was fed, and is it still to be sent?"""
+        return self._next_cmd[v] is not None and not self._in_flight
+
+    def _epochs(self, deferred: bool) -> None:
+        """Close the CHMU epochs simulated time has passed (at a report boundary).
+
+        ``deferred``: a command decided before this report was fed is still
+        to be sent (see ``chmu_device``).
+        """
+        if self.model.chmu is not None:
+            self.model.chmu.advance(int(self.model.K.scal[:, core.T_TIME].max()), deferred,
+                                    self._in_flight)
 
     # -- what a report tells ------------------------------------------------
 

@@ -20,6 +20,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from . import chmu
+from .chmu import ChmuArrays
+
 TICKS_PER_CYCLE = 1000          # time unit of all kernels: 1/1000 cycle
 BIN_TICKS = 64 * TICKS_PER_CYCLE
 NBINS = 1 << 15                 # ring of bins: 2M cycles of look-back
@@ -57,6 +60,7 @@ class MemArrays(NamedTuple):
     tier_stats: np.ndarray  # int64[2, NTSTATS]
     hist: np.ndarray        # int64[2, HIST_BINS]: read latency, cycles
     pages: np.ndarray       # int64[npages, 2]: reads, writes (64-byte lines)
+    chmu: ChmuArrays        # the CXL devices' hotness monitoring units
 
 
 @njit(_nrt=False, cache=True)
@@ -178,4 +182,6 @@ def access(Mm: MemArrays, addr: int, write: bool, t: int) -> tuple:
     if queued > 0:
         ts[tier, TS_QUEUED] += 1
     count_page(Mm, addr, write)
+    if tier == TIER_CXL and Mm.chmu.p[chmu.CP_ON] != 0:
+        chmu.observe(Mm.chmu, addr, write, t)
     return lat, tier

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend first)
+import numpy as np  # noqa: E402
 
 from ..errors import CosimError  # noqa: E402
 
@@ -19,6 +20,9 @@ def write_plots(doc: dict, out: Path) -> list[Path]:
     """
     written = [_cpi_stacks(doc, out / "cpi_stack.png"), _latency(doc, out / "latency.png"),
                _hot_pages(doc, out / "page_hotness.png")]
+    if "chmu" in doc:
+        written += [_chmu_heatmap(doc["chmu"], out / "chmu_heatmap.png"),
+                    _chmu_accuracy(doc["chmu"], out / "chmu_accuracy.png")]
     return written
 
 
@@ -77,4 +81,41 @@ def _hot_pages(doc: dict, path: Path) -> Path:
     ax.set_title("Hottest 4 KiB pages")
     ax.invert_yaxis()
     ax.legend()
+    return _save(fig, path)
+
+
+def _chmu_heatmap(c: dict, path: Path) -> Path:
+    """Device accesses per address bin and epoch, as DAMON's heatmaps show access frequency."""
+    heat = c["heatmap"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if heat["counts"]:
+        # rows: every instance's bins, lowest address at the bottom
+        grid = np.array(heat["counts"], dtype=float).reshape(len(heat["counts"]), -1).T
+        first = heat["first_epoch"]
+        im = ax.imshow(np.log1p(grid), aspect="auto", origin="lower", cmap="inferno",
+                       extent=(first - 0.5, first + grid.shape[1] - 0.5, -0.5, grid.shape[0] - 0.5))
+        fig.colorbar(im, ax=ax, label="log(1 + device accesses)")
+    bounds = ", ".join(f"{i['start']}..{i['end']}" for i in c["instances"])
+    ax.set_xlabel(f"epoch ({c['config']['epoch_us']:g} us)")
+    ax.set_ylabel(f"address bin ({heat['rows']} per device)")
+    ax.set_title(f"CXL device hotness: {bounds}")
+    return _save(fig, path)
+
+
+def _chmu_accuracy(c: dict, path: Path) -> Path:
+    """Each tracker's precision and recall per epoch against the oracle."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    first = c["heatmap"]["first_epoch"]
+    names = sorted({k for epoch in c["timeline"] for k in epoch})
+    for name in names:
+        xs = [first + e for e, epoch in enumerate(c["timeline"]) if name in epoch]
+        ax.plot(xs, [c["timeline"][x - first][name][0] for x in xs], label=f"{name} precision")
+        ax.plot(xs, [c["timeline"][x - first][name][1] for x in xs], "--",
+                label=f"{name} recall")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(f"epoch ({c['config']['epoch_us']:g} us)")
+    ax.set_ylabel("against the oracle")
+    ax.set_title(f"CHMU hot-list accuracy ({c['config']['counters']} counters, "
+                 f"unit {c['config']['unit_bytes']} B)")
+    ax.legend(fontsize="small")
     return _save(fig, path)

@@ -267,6 +267,8 @@ class RoundRun(TimingRun):
             self._send(c)
             return
         use_clock = self.bridge.config.clock == "model"
+        if self.model.chmu is not None:
+            self.model.chmu.before_command()
         self.bridge.send_round(c["budget"], c["count"], parked=c["parked"],
                                clock=c["clock"] if use_clock else None,
                                rate=c["rate"] if use_clock else None,
@@ -295,7 +297,11 @@ class RoundRun(TimingRun):
             last_end = last_start + int(ticks[-1])
         if report.exited and report.partial_vcpu >= 0:
             self._feed(report.partial_vcpu, report.partial_records, report.partial_insns)
+        self._epochs(self._decided_unsent(-1))
         return last_start, last_end
+
+    def _decided_unsent(self, v: int) -> bool:
+        return self._pending is not None and not self._in_flight
 
     def _observe_round(self, members: list[int], report: Report, t0: list[int],
                        last_start: int, last_end: int, cap_ns: int) -> None:

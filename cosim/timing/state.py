@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import caches, core, hierarchy, memory
+from . import caches, chmu_monitor, core, hierarchy, memory
+from .chmu_monitor import Monitor
 from .config import Config
 
 TICKS = memory.TICKS_PER_CYCLE
@@ -21,6 +22,7 @@ class Model:
     H: hierarchy.Hier
     K: core.CoreArrays
     ram: list[tuple[int, int]]          # (start, size) of each RAM range
+    chmu: Monitor | None = None         # the CXL devices' hotness monitoring units, if on
 
 
 def _ticks(cycles: float) -> int:
@@ -51,7 +53,8 @@ def build(cfg: Config, ncores: int, ram: list[tuple[int, int]],
     hp[hierarchy.H_PF_DISTANCE] = cfg.prefetch.distance
     hp[hierarchy.H_PF_STREAMS] = cfg.prefetch.streams
 
-    Mm = _memory(cfg, ram)
+    chmu_arrays, chmu_ranges = chmu_monitor.allocate(cfg, ram)
+    Mm = _memory(cfg, ram, chmu_arrays)
     cp = np.zeros(core.NCPARAMS, dtype=np.int64)
     cp[core.C_CPI] = _ticks(cfg.core.base_cpi)
     cp[core.C_ROB] = cfg.core.rob
@@ -61,8 +64,9 @@ def build(cfg: Config, ncores: int, ram: list[tuple[int, int]],
     cp[core.C_SB] = cfg.core.store_buffer
     K = core.allocate(ncores, cfg.core.rob, cfg.core.mlp, cfg.core.store_buffer, cp)
     pf = hierarchy.allocate_streams(ncores, cfg.prefetch.streams)
+    monitor = Monitor.create(cfg, Mm.chmu, chmu_ranges) if cfg.chmu.enabled else None
     return Model(cfg, ncores, hierarchy.Hier(C, Mm, hp, pf, np.zeros(1, dtype=np.int64),
-                                             hierarchy.allocate_ownership()), K, ram)
+                                             hierarchy.allocate_ownership()), K, ram, monitor)
 
 
 #: Per-core scalars that count events (reset after a warm-up); the rest is state.
@@ -86,7 +90,7 @@ def reset_counters(m: Model) -> None:
     m.K.scal[:, core.T_INSNS] = 0
 
 
-def _memory(cfg: Config, ram: list[tuple[int, int]]) -> memory.MemArrays:
+def _memory(cfg: Config, ram: list[tuple[int, int]], chmu: memory.ChmuArrays) -> memory.MemArrays:
     line = cfg.llc.line_bytes
     ctrl = []
     # DRAM: one shared (half-duplex) bus per channel; the idle load-to-use
@@ -135,4 +139,5 @@ def _memory(cfg: Config, ram: list[tuple[int, int]]) -> memory.MemArrays:
         tier_stats=np.zeros((2, memory.NTSTATS), dtype=np.int64),
         hist=np.zeros((2, memory.HIST_BINS), dtype=np.int64),
         pages=np.zeros((max(first, 1), 2), dtype=np.int64),
+        chmu=chmu,
     )

@@ -215,6 +215,15 @@ def table(doc: dict) -> str:
                          f"{t['bandwidth_gbps']} GB/s")
     for p in doc["hot_pages"]["cxl"][:5]:
         lines.append(f"hot CXL page {p['page']}: {p['reads']:,} reads, {p['writes']:,} writes")
+    if "chmu" in doc:
+        c = doc["chmu"]
+        lines.append(f"CHMU: {c['config']['tracker']}, unit {c['config']['unit_bytes']} B, "
+                     f"epoch {c['config']['epoch_us']:g} us, {c['epochs']} epochs closed")
+        for name, a in c["accuracy"].items():
+            if a["epochs"]:
+                lines.append(f"  {name:>14}: precision {a['precision']:.3f}, recall "
+                             f"{a['recall']:.3f}, coverage {a['coverage']:.3f} "
+                             f"(mean of {a['epochs']} epochs)")
     if doc["roi"]:
         r = doc["roi"]
         lines.append(f"ROI: {r['cycles']:,.0f} cycles, DRAM {r['dram_bandwidth_gbps']} GB/s, "

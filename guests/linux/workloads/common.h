@@ -111,6 +111,49 @@ static inline void touch_pages(uint64_t *p, uint64_t bytes)
         p[i] = i;
 }
 
+/*
+ * Print where [p, p + bytes) lies in physical memory, as runs of pages:
+ *   <TAG> pages=N ranges=0xSTART+0xLEN,...
+ * from /proc/self/pagemap (PFNs need root, which the guest's init is). A
+ * host comparing guest-physical hotness (a CHMU's hot list) with what the
+ * program touched needs this; it is printed only when asked for, since
+ * physical addresses are the kernel's choice.
+ */
+static void print_phys_ranges(const char *tag, const void *p, uint64_t bytes)
+{
+    FILE *f = fopen("/proc/self/pagemap", "rb");
+    if (!f) {
+        fprintf(stderr, "%s: cannot open /proc/self/pagemap\n", prog);
+        exit(1);
+    }
+    uint64_t pages = 0, run_start = 0, run_len = 0;
+    printf("%s ranges=", tag);
+    int first = 1;
+    for (uint64_t off = 0; off < bytes; off += 4096) {
+        uint64_t vpn = ((uintptr_t)p + off) / 4096, entry = 0;
+        if (fseeko(f, (off_t)(vpn * 8), SEEK_SET) != 0 || fread(&entry, 8, 1, f) != 1)
+            entry = 0;
+        if (!(entry >> 63))
+            continue;                           /* not present */
+        uint64_t phys = (entry & ((1ULL << 55) - 1)) * 4096;
+        pages++;
+        if (run_len && phys == run_start + run_len) {
+            run_len += 4096;
+            continue;
+        }
+        if (run_len)
+            printf("%s0x%llx+0x%llx", first ? "" : ",", (unsigned long long)run_start,
+                   (unsigned long long)run_len), first = 0;
+        run_start = phys;
+        run_len = 4096;
+    }
+    if (run_len)
+        printf("%s0x%llx+0x%llx", first ? "" : ",", (unsigned long long)run_start,
+               (unsigned long long)run_len);
+    printf(" pages=%llu\n", (unsigned long long)pages);
+    fclose(f);
+}
+
 /* splitmix64: a fixed-seed generator good enough for access patterns. */
 static inline uint64_t splitmix64(uint64_t *s)
 {

@@ -17,11 +17,12 @@
 
 static void usage(void)
 {
-    printf("usage: hotcold [-s SIZE] [-H HOT] [-p PERCENT] [-n ACCESSES]\n"
+    printf("usage: hotcold [-s SIZE] [-H HOT] [-p PERCENT] [-n ACCESSES] [-P]\n"
            "  -s SIZE      whole region in bytes, K/M/G suffix (default 256M)\n"
            "  -H HOT       hot set in bytes, at the start of the region (default 1M)\n"
            "  -p PERCENT   share of accesses that go to the hot set, 0..100 (default 90)\n"
            "  -n ACCESSES  read-modify-write accesses, k/M/G suffix = 1000-based (default 1M)\n"
+           "  -P           print the hot set's physical pages after setup (HOTPHYS ranges=...)\n"
            "prints: RESULT hotcold accesses=N hot=H cold=C region_bytes=B hot_bytes=B checksum=0x...\n");
 }
 
@@ -29,14 +30,15 @@ int main(int argc, char **argv)
 {
     line_buffered("hotcold");
     uint64_t bytes = 256ULL << 20, hot_bytes = 1ULL << 20, pct = 90, accesses = 1000000;
-    int opt;
+    int opt, phys = 0;
     opterr = 0;
-    while ((opt = getopt(argc, argv, ":s:H:p:n:h")) != -1) {
+    while ((opt = getopt(argc, argv, ":s:H:p:n:Ph")) != -1) {
         switch (opt) {
         case 's': bytes = parse_num('s', optarg, 1, 4096, 1ULL << 40); break;
         case 'H': hot_bytes = parse_num('H', optarg, 1, 64, 1ULL << 40); break;
         case 'p': pct = parse_num('p', optarg, 0, 0, 100); break;
         case 'n': accesses = parse_num('n', optarg, 0, 0, 1ULL << 48); break;
+        case 'P': phys = 1; break;
         case 'h': usage(); return 0;
         case ':': bad_arg("option -%c needs a value (try -h)", optopt);
         default: unknown_option(optopt);
@@ -53,6 +55,8 @@ int main(int argc, char **argv)
            (unsigned long long)pct, (unsigned long long)accesses);
     uint64_t *a = alloc_bytes(n * sizeof(uint64_t));
     touch_pages(a, n * sizeof(uint64_t));
+    if (phys)
+        print_phys_ranges("HOTPHYS", a, nhot * sizeof(uint64_t));
 
     printf("BEGIN hotcold\n");
     /* 64-bit fixed-point threshold: r < thresh  <=>  hot with probability pct/100 */

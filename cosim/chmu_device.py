@@ -1,0 +1,197 @@
+"""The guest-visible CHMU: a register file with the CXL CHMU layout in a small PCI device.
+
+The Linux board has an ``ivshmem-plain`` PCI device whose BAR 2 is a
+1 MiB file-backed RAM region (``CHMU_FILE`` in the QEMU run directory);
+cosim maps the same file. The registers follow the CXL 3.2 CHMU register
+interface as Linux's proposed ``cxl_hmu`` driver reads it: a common
+capability (version, instances, instance length), then per instance
+capability, configuration and status registers, a range bitmap and the
+hot-list ring with its head (the guest's) and tail (the device's). Offsets
+beyond the spec's are marked ``X_`` (cosim's: the epochs closed, the
+device's host-physical base and size, entries dropped on overflow).
+
+Determinism: the host writes the file only between commands, when every
+vCPU is stopped, and a hot list is published with the first command
+decided after the epoch closed (``Monitor.outbox``): whether QEMU already
+runs a continuation decided earlier changes nothing. The guest's
+configuration writes are read at the same points and take effect at the
+next epoch. The file is guest RAM, so snapshots carry the registers.
+
+Hot-list entries are 64-bit: the unit's index within the device (its
+offset / unit size) above the counter width, the count (saturated) below.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+from .errors import CosimError
+from .timing.chmu_monitor import Monitor
+
+#: the BAR: a power of two, as PCI requires
+BLOCK_BYTES = 1 << 20
+#: the file in QEMU's run directory that backs it
+CHMU_FILE = "chmu.ram"
+VERSION = 1
+
+COMMON_CAP1, COMMON_CAP2 = 0x00, 0x08
+INSTANCE_BASE = 0x10
+# per instance, from its base
+CAP1, CAP2, CAP3, CAP4 = 0x00, 0x08, 0x10, 0x18
+CFG1, CFG2, CFG3 = 0x40, 0x48, 0x50
+STAT, HEAD_TAIL = 0x60, 0x68
+X_EPOCH, X_BASE, X_SIZE, X_DROPPED = 0x70, 0x78, 0x80, 0x88
+BITMAP = 0x100                  # one bit per 256 MiB of the device, 16 words: 256 GiB
+HOTLIST = 0x180
+RING_MAX = 4096                 # entries; the instance length must fit 16 bits
+
+# CAP1 tracked request types / CFG1 tracked request types
+REQ_RD, REQ_WR, REQ_ALL = 1 << 3, 1 << 4, 1 << 5
+# CFG1 control bits (bits 31:16)
+CTRL_ENABLE = 1
+# CAP2 flags (bits 63:48)
+FLAG_EPOCH, FLAG_ALWAYS_ON = 1, 2
+# STAT status bits (15:0) and overflow bits (47:40)
+STATUS_ENABLED = 1
+OVERFLOW_HOTLIST = 1
+# epoch length encoding (CAP1 max/min, CFG2): bits 3:0 scale, 15:4 multiplier
+SCALES_US = {1: 100, 2: 1000, 3: 10_000, 4: 100_000, 5: 1_000_000}
+_ACCESS_REQ = {"r": REQ_RD, "w": REQ_WR, "rw": REQ_ALL}
+
+
+def encode_epoch(us: float) -> int:
+    """The 16-bit epoch length closest to ``us`` (the largest scale that divides it)."""
+    for scale in sorted(SCALES_US, reverse=True):
+        mult = us / SCALES_US[scale]
+        if mult == int(mult) and 1 <= mult < 4096:
+            return int(mult) << 4 | scale
+    return max(1, min(4095, round(us / 100))) << 4 | 1
+
+
+def decode_epoch(field: int) -> float | None:
+    """Microseconds of a 16-bit epoch length, or None when it is malformed."""
+    scale, mult = field & 0xF, field >> 4
+    if scale not in SCALES_US or mult == 0:
+        return None
+    return float(mult * SCALES_US[scale])
+
+
+class Device:
+    """The register file of every CHMU instance, as the host sees it."""
+
+    def __init__(self, path: Path, monitor: Monitor) -> None:
+        try:
+            with open(path, "r+b") as f:
+                self.mem = mmap.mmap(f.fileno(), BLOCK_BYTES)
+        except (OSError, ValueError) as e:
+            raise CosimError(f"CHMU device: cannot map {path}: {e}") from None
+        self.monitor = monitor
+        c = monitor.cfg
+        self.ring = min(RING_MAX, max(c.hot_list, 1) * 2)
+        self.instance_len = HOTLIST + 8 * self.ring
+        if INSTANCE_BASE + self.instance_len * len(monitor.ranges) > BLOCK_BYTES:
+            raise CosimError(f"CHMU device: {len(monitor.ranges)} instances do not fit "
+                             f"{BLOCK_BYTES >> 10} KiB")
+        self._capabilities()
+
+    # -- registers -------------------------------------------------------------
+
+    def _q(self, off: int) -> int:
+        return struct.unpack_from("<Q", self.mem, off)[0]
+
+    def _set(self, off: int, value: int) -> None:
+        struct.pack_into("<Q", self.mem, off, value & (1 << 64) - 1)
+
+    def _base(self, i: int) -> int:
+        return INSTANCE_BASE + i * self.instance_len
+
+    def _capabilities(self) -> None:
+        """Write what the device is; keep the guest's configuration if the layout still fits.
+
+        A restored guest may have configured the unit already (its registers
+        are in the snapshot); a different instance count or ring size
+        starts it afresh with the run's configuration.
+        """
+        m, c = self.monitor, self.monitor.cfg
+        fresh = (self._q(COMMON_CAP1) >> 8 & 0xFF) != len(m.ranges) \
+            or (self._q(COMMON_CAP2) & 0xFFFF) != self.instance_len \
+            or (self._q(self._base(0) + CAP1) >> 48) != self.ring
+        if fresh:
+            self.mem[:] = bytes(BLOCK_BYTES)
+        self._set(COMMON_CAP1, VERSION | len(m.ranges) << 8)
+        self._set(COMMON_CAP2, self.instance_len)
+        unit_bit = (c.unit_bytes.bit_length() - 1) - 8
+        ds_bit = c.downsample.bit_length() - 1
+        flags = FLAG_EPOCH if c.mode == "epoch" else FLAG_ALWAYS_ON
+        for i, (lo, hi) in enumerate(m.ranges):
+            b = self._base(i)
+            self._set(b + CAP1, (REQ_RD | REQ_WR | REQ_ALL) << 8
+                      | encode_epoch(100_000_000) << 16 | encode_epoch(100) << 32
+                      | self.ring << 48)
+            self._set(b + CAP2, (1 << unit_bit) | (1 << ds_bit) << 32 | flags << 48)
+            self._set(b + CAP3, BITMAP)
+            self._set(b + CAP4, HOTLIST)
+            self._set(b + X_BASE, lo)
+            self._set(b + X_SIZE, hi - lo)
+            if fresh:
+                self._set(b + CFG1, _ACCESS_REQ[c.access] | CTRL_ENABLE << 16
+                          | c.threshold << 32)
+                self._set(b + CFG2, c.unit_bytes | ds_bit << 32
+                          | (0 if c.mode == "epoch" else 1) << 40
+                          | encode_epoch(c.epoch_us) << 48)
+                self._set(b + CFG3, 0)
+                for w in range(16):
+                    self._set(b + BITMAP + 8 * w, (1 << 64) - 1)
+            self._set(b + STAT, (STATUS_ENABLED if self._enabled(i) else 0)
+                      | c.counter_bits << 32)
+
+    def _enabled(self, i: int) -> bool:
+        return bool(self._q(self._base(i) + CFG1) >> 16 & CTRL_ENABLE)
+
+    # -- between commands ---------------------------------------------------------
+
+    def deliver(self) -> None:
+        """Publish due hot lists and read the guest's configuration (QEMU is stopped)."""
+        m = self.monitor
+        due = [rec for skip, rec in m.outbox if skip == 0]
+        m.outbox = [(skip - 1, rec) for skip, rec in m.outbox if skip > 0]
+        for rec in due:
+            for inst in rec["instances"]:
+                self._publish(inst["instance"], rec["epoch"], inst["hot_units"])
+        b = self._base(0)
+        cfg1, cfg2 = self._q(b + CFG1), self._q(b + CFG2)
+        m.stage(enabled=self._enabled(0), threshold=max(1, cfg1 >> 32),
+                epoch_us=decode_epoch(cfg2 >> 48))
+
+    def _publish(self, i: int, epoch: int, units: list[list[int]]) -> None:
+        """Append one epoch's hot list to instance ``i``'s ring (while enabled)."""
+        b = self._base(i)
+        self._set(b + X_EPOCH, epoch + 1)
+        enabled = self._enabled(i)
+        stat = self._q(b + STAT)
+        stat = (stat & ~0xFFFF) | (STATUS_ENABLED if enabled else 0)
+        if not enabled:
+            self._set(b + STAT, stat)
+            return
+        width = self.monitor.cfg.counter_bits
+        ht = self._q(b + HEAD_TAIL)
+        head, tail = ht & 0xFFFF, ht >> 16 & 0xFFFF
+        dropped = 0
+        for unit, count in units:
+            nxt = (tail + 1) % self.ring
+            if nxt == head % self.ring:
+                dropped += 1
+                continue
+            self._set(b + HOTLIST + 8 * tail, unit << width | min(count, (1 << width) - 1))
+            tail = nxt
+        if dropped:
+            stat |= OVERFLOW_HOTLIST << 40
+            self._set(b + X_DROPPED, self._q(b + X_DROPPED) + dropped)
+        self._set(b + STAT, stat)
+        # the tail alone: the head's half-word is the guest's
+        struct.pack_into("<H", self.mem, b + HEAD_TAIL + 2, tail)
+
+    def close(self) -> None:
+        self.mem.close()

@@ -1,0 +1,217 @@
+"""The CHMU's trackers and epochs on access streams with a known answer.
+
+These drive the kernels' ``observe`` directly (the model's memory side is
+the neighbour faked here); the guest-level acceptance test, with the real
+QEMU, guest and bridge, is in ``test_linux_guest.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from cosim.errors import CosimError
+from cosim.timing import chmu, chmu_monitor, chmu_spec, config
+
+PAGE = 4096
+RAM = [(0, 256 << 20)]
+
+
+def monitor(spec: str, preset: str = "cxl-direct") -> chmu_monitor.Monitor:
+    cfg = chmu_spec.apply(config.load(preset), spec)
+    C, ranges = chmu_monitor.allocate(cfg, RAM)
+    return chmu_monitor.Monitor.create(cfg, C, ranges)
+
+
+def hotcold(n: int, hot_pages: int, pages: int, hot_share: float, seed: int = 7) -> np.ndarray:
+    """Page numbers: ``hot_share`` of them among the first ``hot_pages``, the rest anywhere."""
+    rng = np.random.default_rng(seed)
+    hot = rng.random(n) < hot_share
+    return np.where(hot, rng.integers(0, hot_pages, n), rng.integers(0, pages, n))
+
+
+def feed(m: chmu_monitor.Monitor, pages: np.ndarray, t0: int = 0, step: int = 1000,
+         writes: bool = False) -> int:
+    t = t0
+    for p in pages:
+        chmu.observe(m.C, int(p) * PAGE, writes, t)
+        t += step
+    return t
+
+
+def check_topk(T: chmu.TopK, i: int = 0) -> None:
+    """Every held unit is found through the hash table, and the heap orders slots by count."""
+    k = int(T.size[i])
+    for slot in range(k):
+        assert chmu._find(T, i, int(T.unit[i, slot])) == slot
+        assert T.heap[i, T.pos[i, slot]] == slot
+    for at in range(1, k):
+        assert T.cnt[i, T.heap[i, (at - 1) // 2]] <= T.cnt[i, T.heap[i, at]]
+    assert np.count_nonzero(T.table[i]) == k
+
+
+def test_space_saving_keeps_its_guarantees():
+    m = monitor("tracker=space-saving,counters=64,bits=32")
+    pages = hotcold(50_000, 16, 4096, 0.6)
+    feed(m, pages)
+    T = m.C.ss
+    check_topk(T)
+    true = np.bincount(pages, minlength=4096)
+    held = T.unit[0, :64]
+    cnt, err = T.cnt[0, :64], T.err[0, :64]
+    # the counters add up to the stream; each overestimates by at most what it inherited
+    assert int(cnt.sum()) == len(pages)
+    assert np.all(cnt >= true[held]) and np.all(cnt - err <= true[held])
+    # every unit more frequent than N/k is held
+    assert set(np.flatnonzero(true > len(pages) / 64)) <= set(held.tolist())
+
+
+def test_counters_saturate():
+    m = monitor("tracker=space-saving+count-min,counters=8,bits=4,capacity=8")
+    feed(m, np.zeros(100, dtype=np.int64))
+    assert m.C.ss.cnt[0, m.C.ss.heap[0, 0]] == 15
+    assert m.C.cm.max() == 15
+    assert m.C.oracle[0] == 100         # the oracle is exact
+
+
+def test_count_min_never_underestimates():
+    m = monitor("tracker=count-min,depth=3,width=256,capacity=32,bits=32")
+    pages = hotcold(30_000, 20, 8192, 0.5, seed=3)
+    feed(m, pages)
+    T = m.C.cmk
+    check_topk(T)
+    true = np.bincount(pages, minlength=8192)
+    k = int(T.size[0])
+    assert np.all(T.cnt[0, :k] >= true[T.unit[0, :k]])
+    assert set(range(20)) <= set(T.unit[0, :k].tolist())
+
+
+def test_hot_lists_and_accuracy_per_epoch():
+    """Hot units of a 90/10 stream: every tracker finds them where the threshold separates."""
+    m = monitor("tracker=space-saving+count-min+sample+oracle,counters=256,capacity=64,"
+                "threshold=200,epoch=100us,sample-every=8")
+    hot = 40
+    t = feed(m, hotcold(60_000, hot, 32768, 0.9), step=1)
+    m.advance(t)
+    m.advance(m.next_end)                      # closes the epoch the stream lies in
+    doc = m.document()
+    assert doc["epochs"] >= 1
+    inst = doc["last_epochs"][-1]["instances"][0]
+    assert len(inst["hot_list"]) == hot
+    assert all(addr < hot * PAGE for addr in inst["hot_list"])
+    acc = doc["accuracy"]
+    for name in ("oracle", "space-saving", "count-min", "sample"):
+        assert acc[name]["epochs"] == 1
+        assert acc[name]["precision"] >= 0.95 and acc[name]["recall"] >= 0.95, (name, acc)
+    assert 0.89 < acc["oracle"]["coverage"] < 0.92
+    assert doc["samples"]["taken"] == 60_000 // 8
+
+
+def test_too_few_counters_show_in_the_figures():
+    """Space-saving with fewer counters than hot units loses recall; the oracle does not."""
+    m = monitor("tracker=space-saving+oracle,counters=32,capacity=256,threshold=100,epoch=100us")
+    t = feed(m, hotcold(60_000, 200, 32768, 0.9), step=1)
+    m.advance(t)
+    m.advance(m.next_end)
+    acc = m.document()["accuracy"]
+    assert acc["oracle"]["recall"] == 1.0
+    assert acc["space-saving"]["recall"] < 0.2
+
+
+def test_epochs_follow_simulated_time_and_reset():
+    m = monitor("tracker=space-saving,epoch=100us,threshold=1")
+    e = m.epoch_ticks
+    assert e == round(100e3 * 3.0 * 1000)      # 100 us at the default 3 GHz, in ticks
+    m.advance(0)
+    feed(m, np.arange(10), t0=0, step=1)
+    m.advance(e - 1)
+    assert m.epoch == 0
+    m.advance(3 * e)                            # passes three epoch ends at once
+    assert m.epoch == 3
+    hist = m.document()["last_epochs"]
+    assert [len(r["instances"][0]["hot_list"]) for r in hist] == [10, 0, 0]
+    assert m.C.oracle.sum() == 0 and m.C.ss.size[0] == 0
+
+
+def test_always_on_accumulates():
+    m = monitor("tracker=space-saving,epoch=100us,mode=always-on")
+    m.advance(0)
+    feed(m, np.arange(5), step=1)
+    m.advance(m.next_end)
+    feed(m, np.arange(5, 8), t0=m.next_end, step=1)
+    m.advance(m.next_end)
+    assert len(m.document()["last_epochs"][-1]["instances"][0]["hot_list"]) == 8
+
+
+def test_filters_and_downsampling():
+    m = monitor("tracker=space-saving,access=r,downsample=4,range=0+256M")
+    feed(m, np.arange(8), writes=True)
+    assert m.C.seen.sum() == 0                  # writes are not counted with access=r
+    feed(m, np.arange(8))
+    assert m.C.seen[0, chmu.SEEN_ORACLE] == 8
+    assert m.C.seen[0, chmu.SEEN_TRACKED] == 2  # every 4th access
+    with pytest.raises(CosimError, match="leaves no CXL memory"):
+        monitor("tracker=oracle,range=256M+256M")   # RAM is 256 MiB: nothing left to count
+
+
+def test_state_round_trip_continues_exactly():
+    """A monitor restored mid-run (state + arrays) ends where the straight one does."""
+    spec = "tracker=space-saving+count-min+sample,counters=64,capacity=16,epoch=100us"
+    pages = hotcold(40_000, 30, 16384, 0.8)
+    straight = monitor(spec)
+    straight.advance(0)
+    t = 0
+    for part in np.array_split(pages, 4):
+        t = feed(straight, part, t0=t, step=2000)
+        straight.advance(t)
+    a = monitor(spec)
+    a.advance(0)
+    t = 0
+    for k, part in enumerate(np.array_split(pages, 4)):
+        if k == 2:
+            b = monitor(spec)
+            b.load(copy.deepcopy(a.state()))
+            for name in chmu.ChmuArrays._fields:
+                src, dst = getattr(a.C, name), getattr(b.C, name)
+                for x, y in (zip(src, dst) if isinstance(src, tuple) else [(src, dst)]):
+                    y[...] = x
+            a = b
+        t = feed(a, part, t0=t, step=2000)
+        a.advance(t)
+    assert a.document() == straight.document()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("unit=3000", "--chmu unit=3000: a power of two from 256 B to 1G"),
+    ("unit=128", "--chmu unit=128: a power of two from 256 B to 1G"),
+    ("epoch=50us", "--chmu epoch=50us: a time from 100us to 100s"),
+    ("epoch=200s", "--chmu epoch=200s: a time from 100us to 100s"),
+    ("epoch=5", "--chmu epoch=5: want a time with its unit"),
+    ("counters=0", "--chmu counters=0: must be an integer in 1..1048576"),
+    ("tracker=lru", "--chmu tracker=lru: must be one or more of oracle, space-saving, "
+                    "count-min, sample"),
+    ("range=1M+256M", "--chmu range=1M+256M: BASE+SIZE, multiples of 256M"),
+    ("colour=red", "--chmu colour: unknown key"),
+    ("counters", "--chmu 'counters': want key=value"),
+])
+def test_bad_specs_say_what_is_accepted(spec: str, message: str):
+    with pytest.raises(CosimError) as e:
+        chmu_spec.apply(config.load(), spec)
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_spec_sets_the_fields():
+    cfg = chmu_spec.apply(config.load(), "tracker=count-min+oracle,unit=64K,epoch=2ms,"
+                                         "capacity=32,sample-period=10us")
+    c = cfg.chmu
+    assert c.enabled and c.tracker == "count-min+oracle" and c.unit_bytes == 65536
+    assert c.epoch_us == 2000.0 and c.hot_list == 32 and c.sample_period_ns == 10_000.0
+
+
+def test_dram_only_machine_has_nothing_to_monitor():
+    cfg = chmu_spec.apply(config.load("dram-only"), "")
+    with pytest.raises(CosimError, match="no CXL memory"):
+        chmu_monitor.allocate(cfg, RAM)

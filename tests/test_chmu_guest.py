@@ -1,0 +1,127 @@
+"""Acceptance: the CHMU on a real Linux guest (patched QEMU, guest image, bridge, model).
+
+hotcold puts a 16 MiB hot set (90% of the accesses) inside 128 MiB bound to
+the CPU-less CXL node and prints where the hot set lies physically
+(``-P``); the CHMU counts what reaches the CXL device, and its hot lists
+must point there.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cosim import snapshot as snap
+
+from conftest import cosim, linux_run
+
+HOTCOLD = "-s 128M -H 16M -n 1M -P"
+
+
+@pytest.fixture(scope="module")
+def plain(linux_plain) -> tuple[Path, str]:
+    return linux_plain
+
+
+def hot_ranges(console: Path) -> list[tuple[int, int]]:
+    """(start, length) of the hot set's physical pages, as hotcold printed them."""
+    m = re.search(r"^HOTPHYS ranges=(\S+) pages=(\d+)", console.read_text(), re.M)
+    assert m, "hotcold -P printed no HOTPHYS line"
+    ranges = [(int(a, 16), int(b, 16)) for a, b in (r.split("+") for r in m.group(1).split(","))]
+    assert sum(n for _, n in ranges) == 16 << 20
+    return ranges
+
+
+def loop_epochs(chmu: dict) -> list[dict]:
+    """The kept epochs but the last (the run's end lies in it: checksum and exit)."""
+    epochs = chmu["last_epochs"][:-1]
+    assert len(epochs) >= 8, f"too few epochs kept: {len(epochs)}"
+    return epochs
+
+
+def run_hotcold(root: Path, tmp_path: Path, spec: str, *extra: str) -> tuple[dict, Path]:
+    console = tmp_path / f"console-{len(list(tmp_path.iterdir()))}.txt"
+    out = linux_run(root, "boot_done", "--timing", "--chmu", spec, "--workload", "hotcold",
+                    "--args", HOTCOLD, "--numa", "membind=1", "--console", str(console), *extra)
+    assert out["workload_exit_code"] == 0
+    return out, console
+
+
+def test_hot_lists_point_at_the_hot_set(plain, tmp_path):
+    """64 KiB units (256 in the hot set), 1024 space-saving counters: every tracker measured,
+    space-saving and the oracle agree, and the oracle's units lie in the hot set."""
+    root, _ = plain
+    out, console = run_hotcold(root, tmp_path, "tracker=space-saving+oracle+count-min+sample,"
+                               "unit=64K,counters=1024,epoch=1ms,threshold=32,epochs=10")
+    ranges = hot_ranges(console)
+    chmu = out["timing"]["chmu"]
+    assert chmu["config"]["counters"] == 1024 and chmu["config"]["unit_bytes"] == 65536
+    unit = 65536
+
+    def in_hot(addr: int) -> bool:
+        return any(s <= addr and addr + unit <= s + n for s, n in ranges)
+
+    epochs = loop_epochs(chmu)
+    for e in epochs:
+        inst = e["instances"][0]
+        listed = inst["hot_list"]                       # the device's tracker: space-saving
+        assert listed and sum(map(in_hot, listed)) >= 0.95 * len(listed), e["epoch"]
+        acc = inst["accuracy"]
+        assert acc["oracle"]["precision"] == 1.0 and acc["oracle"]["recall"] == 1.0
+        assert acc["space-saving"]["precision"] >= 0.9, acc
+        assert acc["space-saving"]["recall"] >= 0.9, acc
+        for name in ("count-min", "sample"):
+            assert 0.0 <= acc[name]["precision"] <= 1.0 and 0.0 <= acc[name]["recall"] <= 1.0
+    # the hot set holds 90% of the accesses: the oracle's list covers about that much
+    assert all(e["instances"][0]["accuracy"]["oracle"]["coverage"] > 0.8 for e in epochs)
+    run_means = chmu["accuracy"]
+    assert set(run_means) == {"space-saving", "oracle", "count-min", "sample"}
+    assert all(m["epochs"] >= len(epochs) for m in run_means.values())
+
+
+def test_oracle_units_of_a_page_lie_in_the_hot_set(plain, tmp_path):
+    """4 KiB units: the oracle's 1024 hottest pages are hot-set pages."""
+    root, _ = plain
+    out, console = run_hotcold(root, tmp_path, "tracker=oracle,unit=4K,epoch=1ms,threshold=4,"
+                               "capacity=1024,epochs=10")
+    ranges = hot_ranges(console)
+    for e in loop_epochs(out["timing"]["chmu"]):
+        listed = e["instances"][0]["hot_list"]
+        inside = sum(1 for a in listed if any(s <= a < s + n for s, n in ranges))
+        assert len(listed) == 1024 and inside >= 0.95 * len(listed), (e["epoch"], inside)
+
+
+def test_chmu_continues_exactly_from_a_snapshot(plain, tmp_path):
+    """Save mid-run with the CHMU on, restore, finish: the same hot lists, accuracy and cycles."""
+    root, _ = plain
+    spec = "tracker=space-saving+count-min+sample,unit=16K,epoch=500us,epochs=50"
+    args = ("--timing", "--chmu", spec, "--workload", "hotcold", "--args", "-s 32M -H 4M -n 300k",
+            "--numa", "membind=1")
+    straight = linux_run(root, "boot_done", *args)
+    half = straight["session_insns"] // 2
+    first = linux_run(root, "boot_done", *args, "--max-insns", str(half), "--save", "mid-chmu")
+    try:
+        assert first["timing"]["chmu"]["epochs"] > 0
+        rest = linux_run(root, "mid-chmu", "--timing", "--chmu", spec)
+    finally:
+        snap.Store(root).remove("mid-chmu")
+    assert rest["cycles"] == straight["cycles"]
+    assert not any("CHMU starts" in n for n in rest.get("notes", []))
+    assert rest["timing"]["chmu"] == straight["timing"]["chmu"]
+
+
+def test_bad_chmu_settings_are_one_line(plain):
+    root, _ = plain
+    for spec, says in (("unit=3000", "--chmu unit=3000: a power of two from 256 B to 1G"),
+                       ("epoch=20us", "--chmu epoch=20us: a time from 100us to 100s"),
+                       ("counters=0", "--chmu counters=0: must be an integer in 1..1048576"),
+                       ("tracker=lfu", "--chmu tracker=lfu: must be one or more of")):
+        p = cosim("run", "--snapshot", "boot_done", "--snapshot-dir", str(root), "--timing",
+                  "--chmu", spec, "--workload", "hotcold")
+        assert p.returncode == 2 or p.returncode == 1
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], p.stderr
+    p = cosim("run", "--snapshot", "boot_done", "--snapshot-dir", str(root), "--chmu", "")
+    assert p.returncode != 0 and "need --timing" in p.stderr
