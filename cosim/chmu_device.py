@@ -1,7 +1,7 @@
 """The guest-visible CHMU: a register file with the CXL CHMU layout in a small PCI device.
 
 The Linux board has an ``ivshmem-plain`` PCI device whose BAR 2 is a
-1 MiB file-backed RAM region (``CHMU_FILE`` in the QEMU run directory);
+1 MiB file-backed RAM region (``linux_machine.CHMU_FILE`` in QEMU's run directory);
 cosim maps the same file. The registers follow the CXL 3.2 CHMU register
 interface as Linux's proposed ``cxl_hmu`` driver reads it: a common
 capability (version, instances, instance length), then per instance
@@ -28,12 +28,9 @@ import struct
 from pathlib import Path
 
 from .errors import CosimError
+from .linux_machine import CHMU_BAR_BYTES as BLOCK_BYTES
 from .timing.chmu_monitor import Monitor
 
-#: the BAR: a power of two, as PCI requires
-BLOCK_BYTES = 1 << 20
-#: the file in QEMU's run directory that backs it
-CHMU_FILE = "chmu.ram"
 VERSION = 1
 
 COMMON_CAP1, COMMON_CAP2 = 0x00, 0x08
@@ -133,8 +130,10 @@ class Device:
             self._set(b + CAP2, (1 << unit_bit) | (1 << ds_bit) << 32 | flags << 48)
             self._set(b + CAP3, BITMAP)
             self._set(b + CAP4, HOTLIST)
-            self._set(b + X_BASE, lo)
-            self._set(b + X_SIZE, hi - lo)
+            # the device's start: hot-list units count from there (the range filter
+            # may start counting further in)
+            self._set(b + X_BASE, lo - c.range_base)
+            self._set(b + X_SIZE, hi - lo + c.range_base)
             if fresh:
                 self._set(b + CFG1, _ACCESS_REQ[c.access] | CTRL_ENABLE << 16
                           | c.threshold << 32)
@@ -155,11 +154,12 @@ class Device:
     def deliver(self) -> None:
         """Publish due hot lists and read the guest's configuration (QEMU is stopped)."""
         m = self.monitor
-        due = [rec for skip, rec in m.outbox if skip == 0]
-        m.outbox = [(skip - 1, rec) for skip, rec in m.outbox if skip > 0]
-        for rec in due:
-            for inst in rec["instances"]:
-                self._publish(inst["instance"], rec["epoch"], inst["hot_units"])
+        if m.outbox:
+            due = [rec for skip, rec in m.outbox if skip == 0]
+            m.outbox = [(skip - 1, rec) for skip, rec in m.outbox if skip > 0]
+            for rec in due:
+                for inst in rec["instances"]:
+                    self._publish(inst["instance"], rec["epoch"], inst["hot_units"])
         b = self._base(0)
         cfg1, cfg2 = self._q(b + CFG1), self._q(b + CFG2)
         m.stage(enabled=self._enabled(0), threshold=max(1, cfg1 >> 32),

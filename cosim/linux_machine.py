@@ -56,6 +56,9 @@ KERNEL_APPEND = ("console=ttyS0 nokaslr mitigations=off tsc=reliable no_timer_ch
                  "init_on_alloc=0 cryptomgr.notests memhp_default_state=online_movable")
 
 COMMAND_BYTES = 4096
+#: the CHMU register file: the PCI BAR's size and its backing file in the run directory
+CHMU_BAR_BYTES = 1 << 20
+CHMU_FILE = "chmu.ram"
 IDLE_COMMAND = "idle"
 READY_MARKER = "COSIM-READY"
 NONCE_HEX_DIGITS = 16
@@ -112,6 +115,9 @@ class LinuxBoard:
     running_nonce: str | None = None
     #: False for a guest booted before its markers carried a nonce
     nonce_markers: bool = True
+    #: the CHMU's register file as a small PCI device (``chmu_device``); False for a
+    #: guest booted before it had one (a restore must match the booted machine)
+    chmu_device: bool = True
 
     @property
     def nonce(self) -> str | None:
@@ -179,6 +185,12 @@ class LinuxBoard:
                 "-device", "cxl-type3,bus=cxl_rp0,volatile-memdev=cxlmem0,id=cxl-vmem0",
                 "-M", f"cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size={CXL_WINDOW_SIZE >> 30}G",
             ]
+        if self.chmu_device:
+            # BAR 2 of an ivshmem-plain device is this file, which cosim maps too
+            args += ["-object", f"memory-backend-file,id=chmu,share=on,size="
+                                f"{CHMU_BAR_BYTES >> 20}M,mem-path="
+                                f"{qemu_opt(command_file.parent / CHMU_FILE)}",
+                     "-device", "ivshmem-plain,memdev=chmu,id=chmu,master=on"]
         args += ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
                  "-append", self.append(),
                  "-fw_cfg", f"name=opt/cosim/cmd,file={qemu_opt(command_file)}"]
@@ -190,7 +202,7 @@ class LinuxBoard:
                 "firmware": str(self.firmware), "node_bytes": list(self.node_bytes),
                 "cxl_bytes": self.cxl_bytes, "hmat_latency_ns": list(self.hmat.latency_ns),
                 "hmat_bandwidth_mbps": list(self.hmat.bandwidth_mbps),
-                "marker_nonce": self.nonce_markers,
+                "marker_nonce": self.nonce_markers, "chmu_device": self.chmu_device,
                 # saved while the guest runs a command: it will print this nonce
                 **({"running_nonce": self.nonce}
                    if self.nonce_markers and (self.running_nonce or self.command != IDLE_COMMAND)
@@ -205,7 +217,8 @@ class LinuxBoard:
                    hmat=Hmat(tuple(d["hmat_latency_ns"]), tuple(d["hmat_bandwidth_mbps"])),
                    command=command, nonce_seed=nonce_seed,
                    running_nonce=d.get("running_nonce"),
-                   nonce_markers=bool(d.get("marker_nonce")))
+                   nonce_markers=bool(d.get("marker_nonce")),
+                   chmu_device=bool(d.get("chmu_device")))
 
     @property
     def nodes(self) -> list[int]:

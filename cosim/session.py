@@ -25,7 +25,8 @@ from . import __version__, paths
 from . import snapshot as snap
 from .errors import CosimError
 from .libqflex_bridge import Bridge, QemuConfig, Report, qemu_binary
-from .linux_machine import LinuxBoard
+from .chmu_device import Device
+from .linux_machine import CHMU_FILE, LinuxBoard
 from .progress import Progress
 from .quantum import Schedule, run_round_robin
 from .timing import chmu_monitor
@@ -185,11 +186,25 @@ class Session:
                     limit += spec.warmup
         else:
             resume = self._resume_engine
+        self._attach_chmu()
         self.engine = self._engine_class()(self.bridge, self.schedule, self.model, limit,
                                 on_report=self._on_report, whole_turns=spec.save is not None,
                                 resume=resume, hold=self._hold, on_progress=self._on_progress)
         if not (self._stop or self.schedule.exited):
             self.engine.run()
+
+    def _attach_chmu(self) -> None:
+        """Give the CHMU its guest-visible registers, where the board has the device."""
+        monitor = self.model.chmu if self.model is not None else None
+        if monitor is None or monitor.device is not None:
+            return
+        board = self.config.board
+        if not isinstance(board, LinuxBoard) or not board.chmu_device:
+            self.notes.append("the guest has no CHMU device (a bare-metal guest, or a Linux "
+                              "guest booted before it had one): hot lists are reported here only")
+            return
+        monitor.device = Device(self.bridge.command_file.parent / CHMU_FILE, monitor)
+        monitor.publish = True
 
     @property
     def order(self) -> str:

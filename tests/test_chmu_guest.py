@@ -125,3 +125,44 @@ def test_bad_chmu_settings_are_one_line(plain):
         assert len(lines) == 1 and says in lines[0], p.stderr
     p = cosim("run", "--snapshot", "boot_done", "--snapshot-dir", str(root), "--chmu", "")
     assert p.returncode != 0 and "need --timing" in p.stderr
+
+
+PROMOTE_SPEC = "tracker=space-saving,counters=1024,unit=64K,epoch=1ms,threshold=32"
+PROMOTE_HOTCOLD = "/workloads/hotcold -s 128M -H 16M -n 3M"
+
+
+def second_half_reads(chmu: dict) -> int:
+    """CXL device reads in the second half of the run's epochs."""
+    epochs = chmu["series"]["epochs"]
+    assert chmu["series"]["first_epoch"] == 0, "the series lost epochs"
+    return sum(reads for _, _, reads in epochs[len(epochs) // 2:])
+
+
+def test_live_promotion_moves_the_hot_set_to_dram(plain, tmp_path):
+    """hotcold preferring the CXL node under ``chmu promote``: against the same run without
+    promotion (``--dry-run``) the second half's CXL reads fall by more than half, the run
+    takes fewer cycles, the checksum is the same, and two runs move the same pages."""
+    root, _ = plain
+    runs = {}
+    for name, mode in (("base", "--dry-run "), ("first", ""), ("second", "")):
+        console = tmp_path / f"{name}.txt"
+        out = linux_run(root, "boot_done", "--timing", "--chmu", PROMOTE_SPEC,
+                        "--numa", "preferred=1", "--workload", "chmu",
+                        "--args", f"promote {mode}-- {PROMOTE_HOTCOLD}",
+                        "--console", str(console))
+        assert out["workload_exit_code"] == 0, console.read_text()[-2000:]
+        text = console.read_text()
+        runs[name] = (out, re.findall(r"^PROMOTE .*$", text, re.M),
+                      re.search(r"checksum=(0x[0-9a-f]+)", text).group(1))
+    base, first, second = (runs[k] for k in ("base", "first", "second"))
+    assert base[2] == first[2] == second[2], "migration must not change the data"
+    done = first[1][-1]
+    moved = int(re.search(r"moved=(\d+)", done).group(1))
+    assert moved >= (16 << 20) // 4096, done            # at least the hot set's pages
+    assert first[1] == second[1], "two runs must migrate the same pages"
+    assert first[0]["cycles"] == second[0]["cycles"]
+    assert "moved=0 " in base[1][-1]
+    assert first[0]["cycles"] < base[0]["cycles"]
+    before = second_half_reads(base[0]["timing"]["chmu"])
+    after = second_half_reads(first[0]["timing"]["chmu"])
+    assert after <= 0.5 * before, (before, after)

@@ -55,8 +55,10 @@ NICOLS = 3
 S_DOWN, S_SAMPLE_LEFT, S_NEXT_SAMPLE_T, S_NSAMPLES, S_DROPPED, S_NTOUCHED = range(6)
 NSTATE = 6
 
-# columns of seen (per instance, this epoch)
-SEEN_ORACLE, SEEN_TRACKED = 0, 1
+# columns of seen (per instance): accesses the oracle and the trackers counted (since the
+# counters last restarted), and this epoch's accesses and reads (whatever the mode)
+SEEN_ORACLE, SEEN_TRACKED, SEEN_EPOCH, SEEN_EPOCH_READS = range(4)
+NSEEN = 4
 
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 _ROW = np.uint64(0x632BE59BD9B4E019)
@@ -80,7 +82,7 @@ class ChmuArrays(NamedTuple):
     p: np.ndarray        # int64[NCPARAMS]
     inst: np.ndarray     # int64[ninst, NICOLS]
     s: np.ndarray        # int64[NSTATE]
-    seen: np.ndarray     # int64[ninst, 2]: accesses counted this epoch (oracle, trackers)
+    seen: np.ndarray     # int64[ninst, NSEEN]
     oracle: np.ndarray   # int64[units]: accesses per unit this epoch
     touched: np.ndarray  # int64[units]: the units with a nonzero oracle count (S_NTOUCHED)
     ss: TopK             # space-saving counters
@@ -278,6 +280,9 @@ def observe(C: ChmuArrays, addr: int, write: bool, t: int) -> None:
         s[S_NTOUCHED] += 1
     C.oracle[g] += 1
     C.seen[i, SEEN_ORACLE] += 1
+    C.seen[i, SEEN_EPOCH] += 1
+    if not write:
+        C.seen[i, SEEN_EPOCH_READS] += 1
     # the device's own trackers see every N-th access
     s[S_DOWN] -= 1
     if s[S_DOWN] > 0:

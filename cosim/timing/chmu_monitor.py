@@ -39,6 +39,7 @@ from .config import ChmuConfig, Config
 TICKS = 1000                # kernel ticks per cycle (memory.TICKS_PER_CYCLE)
 HEAT_ROWS = 64              # address bins per instance in the heatmap
 HEAT_EPOCHS = 256           # epochs the heatmap keeps (the last)
+SERIES_EPOCHS = 1 << 14     # epochs whose device accesses and reads are kept (the last)
 MAX_UNITS = 1 << 25         # oracle counters over all instances (2 x 256 MiB of int64)
 _BITS = {"space-saving": chmu.TR_SPACE_SAVING, "count-min": chmu.TR_COUNT_MIN,
          "sample": chmu.TR_SAMPLE}
@@ -118,7 +119,7 @@ def _arrays(p: np.ndarray, inst: np.ndarray, units: int, k: int, depth: int, wid
             cm_k: int, samples: int) -> ChmuArrays:
     n = max(inst.shape[0], 1)
     return ChmuArrays(p=p, inst=inst, s=np.zeros(chmu.NSTATE, dtype=np.int64),
-                      seen=np.zeros((n, 2), dtype=np.int64),
+                      seen=np.zeros((n, chmu.NSEEN), dtype=np.int64),
                       oracle=np.zeros(units, dtype=np.int64),
                       touched=np.zeros(units, dtype=np.int64),
                       ss=chmu.allocate_topk(n, k),
@@ -180,6 +181,7 @@ class Monitor:
     scores: dict = field(default_factory=dict)      # (instance, tracker) -> Score
     heat: deque = field(default_factory=deque)      # per epoch: int64[ninst, HEAT_ROWS]
     timeline: deque = field(default_factory=deque)  # per epoch: {tracker: [p, r, coverage]}
+    series: deque = field(default_factory=deque)    # per epoch: [end cycles, accesses, reads]
     samples_taken: int = 0
     samples_dropped: int = 0
     #: hot lists for the guest-visible device (``chmu_device``), each with the
@@ -267,7 +269,8 @@ class Monitor:
             offset = c.range_base >> shift
             post["instances"].append({"instance": i, "hot_units": [
                 [int(u) + offset, int(n)] for u, n in zip(device_units, device_counts)]})
-            inst: dict = {"instance": i, "accesses": seen,
+            inst: dict = {"instance": i, "accesses": int(C.seen[i, chmu.SEEN_EPOCH]),
+                          "reads": int(C.seen[i, chmu.SEEN_EPOCH_READS]),
                           "hot_list": [lo + (int(u) << shift) for u in lists[self.trackers[0]][0]]}
             if seen:
                 ref = _reference(local, counts, lists["oracle"])
@@ -280,6 +283,11 @@ class Monitor:
                         "precision": round(p, 4), "recall": round(r, 4),
                         "coverage": round(cov, 4), "listed": len(units_t)}
             record["instances"].append(inst)
+        self.series.append([self.next_end // TICKS, int(C.seen[:, chmu.SEEN_EPOCH].sum()),
+                            int(C.seen[:, chmu.SEEN_EPOCH_READS].sum())])
+        while len(self.series) > SERIES_EPOCHS:
+            self.series.popleft()
+        C.seen[:, chmu.SEEN_EPOCH:] = 0
         self.heat.append(heat)
         self.timeline.append(judged)
         while len(self.heat) > HEAT_EPOCHS:
@@ -345,6 +353,9 @@ class Monitor:
             "heatmap": {"rows": HEAT_ROWS, "first_epoch": self.epoch - len(self.heat),
                         "counts": [h.tolist() for h in self.heat]},
             "timeline": list(self.timeline),
+            # per epoch (the last SERIES_EPOCHS), all instances: [end cycle, accesses, reads]
+            "series": {"first_epoch": self.epoch - len(self.series),
+                       "epochs": list(self.series)},
         }
 
     def _key(self, i: int, name: str) -> str:
@@ -357,6 +368,7 @@ class Monitor:
                 "scores": [[i, n, s.epochs, s.precision, s.recall, s.coverage]
                            for (i, n), s in self.scores.items()],
                 "heat": [h.tolist() for h in self.heat], "timeline": list(self.timeline),
+                "series": list(self.series),
                 "samples": [self.samples_taken, self.samples_dropped],
                 "outbox": [[k, rec] for k, rec in self.outbox], "threshold": self.threshold,
                 "epoch_ticks": self.epoch_ticks, "staged": self.staged}
@@ -368,6 +380,7 @@ class Monitor:
                        for i, n, e, p, r, c in st["scores"]}
         self.heat = deque(np.array(h, dtype=np.int64) for h in st["heat"])
         self.timeline = deque(st["timeline"])
+        self.series = deque(st["series"])
         self.samples_taken, self.samples_dropped = map(int, st["samples"])
         self.outbox = [(int(k), rec) for k, rec in st["outbox"]]
         self.threshold, self.epoch_ticks = int(st["threshold"]), int(st["epoch_ticks"])

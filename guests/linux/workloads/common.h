@@ -47,7 +47,7 @@ static inline uint64_t now_ns(void)
  * Parse an unsigned number with an optional suffix.  binary=1: K/M/G are
  * 1024-based (sizes in bytes); binary=0: k/M/G are 1000-based (counts).
  */
-static uint64_t parse_num(char opt, const char *s, int binary, uint64_t min, uint64_t max)
+static inline uint64_t parse_num(char opt, const char *s, int binary, uint64_t min, uint64_t max)
 {
     const char *what = binary ? "a size like 4096, 64K, 16M or 1G" : "a count like 1000, 100k or 2M";
     if (!s || !*s || *s == '-' || *s == '+')
@@ -76,19 +76,19 @@ static uint64_t parse_num(char opt, const char *s, int binary, uint64_t min, uin
 }
 
 /* Reject stray positional arguments (getopt leaves them at optind). */
-static void no_operands(int argc, char **argv, int optind_)
+static inline void no_operands(int argc, char **argv, int optind_)
 {
     if (optind_ < argc)
         bad_arg("unexpected argument '%s' (try -h)", argv[optind_]);
 }
 
-static void unknown_option(int opt)
+static inline void unknown_option(int opt)
 {
     bad_arg("unknown option -%c (try -h)", opt);
 }
 
 /* Anonymous memory, never shared with the page cache; exits on failure. */
-static void *alloc_bytes(uint64_t bytes)
+static inline void *alloc_bytes(uint64_t bytes)
 {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
@@ -119,7 +119,7 @@ static inline void touch_pages(uint64_t *p, uint64_t bytes)
  * program touched needs this; it is printed only when asked for, since
  * physical addresses are the kernel's choice.
  */
-static void print_phys_ranges(const char *tag, const void *p, uint64_t bytes)
+static inline void print_phys_ranges(const char *tag, const void *p, uint64_t bytes)
 {
     FILE *f = fopen("/proc/self/pagemap", "rb");
     if (!f) {
