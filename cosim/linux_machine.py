@@ -190,7 +190,7 @@ class LinuxBoard:
             args += ["-object", f"memory-backend-file,id=chmu,share=on,size="
                                 f"{CHMU_BAR_BYTES >> 20}M,mem-path="
                                 f"{qemu_opt(command_file.parent / CHMU_FILE)}",
-                     "-device", "ivshmem-plain,memdev=chmu,id=chmu,master=on"]
+                     "-device", "ivshmem-plain,memdev=chmu,id=chmu,master=on,bus=pcie.0"]
         args += ["-kernel", str(self.kernel), "-initrd", str(self.initrd),
                  "-append", self.append(),
                  "-fw_cfg", f"name=opt/cosim/cmd,file={qemu_opt(command_file)}"]

@@ -159,16 +159,19 @@ def _run_command(root: Path, name: str, command: str, fetches: dict[str, int]) -
     ``cosim run`` only runs the image's workloads; this builds the same
     session in-process (real QEMU, guest and bridge) for a command that
     copies one first. ``fetches`` counts the instruction-fetch records the
-    model is given: all, from node 1, and with a virtual address.
+    model is given: all, from node 1, and with a virtual address. Every
+    report passes ``_on_progress`` once (``_on_report`` calls it; a report
+    whose successor already runs goes to it alone), so that is where they
+    are counted.
     """
     store = snap.Store(root)
     s = store.load(name)
     m = s.manifest
     board = linux_flow.board_of(s, command)
     (lo, size), = board.node_ranges(1)
-    on_report = Session._on_report
+    on_progress = Session._on_progress
 
-    def count(session: Session, report: Report) -> bool:
+    def count(session: Session, report: Report) -> None:
         if report.trace is not None:        # the records in one piece
             pieces = [report.trace[0]]
         else:
@@ -178,7 +181,7 @@ def _run_command(root: Path, name: str, command: str, fetches: dict[str, int]) -
             fetches["all"] += len(f)
             fetches["node1"] += int(np.count_nonzero((f["addr"] >= lo) & (f["addr"] < lo + size)))
             fetches["virtual"] += int(np.count_nonzero(f["flags"] & FLAG_VIRT))
-        return on_report(session, report)
+        on_progress(session, report)
 
     machine = QemuConfig(kernel=Path(m["guest"]["kernel"]), smp=m["machine"]["smp"],
                          quantum=m["quantum"], memory=m["machine"]["memory"], mode="trace",
@@ -186,7 +189,7 @@ def _run_command(root: Path, name: str, command: str, fetches: dict[str, int]) -
     spec = RunSpec(machine=machine, timing=timing_config.load(None, None), store=store,
                    snapshot=s, console=io.StringIO())
     session = Session(spec)
-    session._on_report = types.MethodType(count, session)
+    session._on_progress = types.MethodType(count, session)
     summary = session.run()
     assert summary["workload_exit_code"] == 0, spec.console.getvalue()[-2000:]
     return summary

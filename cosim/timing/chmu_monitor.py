@@ -189,7 +189,7 @@ class Monitor:
     outbox: list = field(default_factory=list)
     publish: bool = False           # a device takes the outbox
     threshold: int = 1              # the device's: configured, then as the guest sets it
-    staged: list = field(default_factory=list)      # guest settings at the last two commands
+    staged: list = field(default_factory=list)      # CFG1, CFG2 at the last two commands
     device: Any = None              # the guest-visible registers (chmu_device.Device), if any
 
     def before_command(self) -> None:
@@ -224,15 +224,19 @@ class Monitor:
                         else self.staged[-1] if self.staged else None)
             self.next_end += self.epoch_ticks
 
-    def stage(self, enabled: bool, threshold: int, epoch_us: float | None) -> None:
-        """The guest's configuration of the device as a command starts (the last two kept)."""
-        self.staged = self.staged[-1:] + [{"enabled": enabled, "threshold": int(threshold),
-                                            "epoch_us": epoch_us}]
+    def stage(self, raw: tuple[int, int]) -> None:
+        """The device's configuration registers as a command starts (the last two kept)."""
+        if len(self.staged) > 1:
+            self.staged[0] = self.staged[1]
+            self.staged[1] = raw
+        else:
+            self.staged.append(raw)
 
-    def _adopt(self, st: dict | None) -> None:
+    def _adopt(self, raw: tuple[int, int] | None) -> None:
         """The guest's settings take effect for the epoch that starts now."""
-        if not st:
+        if raw is None or self.device is None:
             return
+        st = self.device.settings(tuple(raw))
         self.threshold = st["threshold"]
         us = st["epoch_us"]
         if us is not None and 100 <= us <= 100_000_000:
@@ -258,7 +262,8 @@ class Monitor:
             counts = C.oracle[mine]
             local = mine - first
             seen = int(C.seen[i, chmu.SEEN_ORACLE])
-            np.add.at(heat[i], local * HEAT_ROWS // units, counts)
+            heat[i] = np.bincount(local * HEAT_ROWS // units, weights=counts,
+                                  minlength=HEAT_ROWS).astype(np.int64)
             lists = {"oracle": _hot(local, counts, threshold, c.hot_list)}
             for name in self.trackers:
                 if name != "oracle":
@@ -274,9 +279,8 @@ class Monitor:
                           "hot_list": [lo + (int(u) << shift) for u in lists[self.trackers[0]][0]]}
             if seen:
                 ref = _reference(local, counts, lists["oracle"])
-                by_unit = dict(zip(local.tolist(), counts.tolist()))
                 for name, (units_t, _) in lists.items():
-                    p, r, cov = _judge(units_t, ref, by_unit, seen, c.hot_list)
+                    p, r, cov = _judge(units_t, ref, C.oracle[first + units_t], seen, c.hot_list)
                     self.scores.setdefault((i, name), Score()).add(p, r, cov)
                     judged[self._key(i, name)] = [round(p, 4), round(r, 4), round(cov, 4)]
                     inst.setdefault("accuracy", {})[name] = {
@@ -371,7 +375,7 @@ class Monitor:
                 "series": list(self.series),
                 "samples": [self.samples_taken, self.samples_dropped],
                 "outbox": [[k, rec] for k, rec in self.outbox], "threshold": self.threshold,
-                "epoch_ticks": self.epoch_ticks, "staged": self.staged}
+                "epoch_ticks": self.epoch_ticks, "staged": [list(x) for x in self.staged]}
 
     def load(self, st: dict) -> None:
         self.next_end, self.epoch = int(st["next_end"]), int(st["epoch"])
@@ -384,7 +388,7 @@ class Monitor:
         self.samples_taken, self.samples_dropped = map(int, st["samples"])
         self.outbox = [(int(k), rec) for k, rec in st["outbox"]]
         self.threshold, self.epoch_ticks = int(st["threshold"]), int(st["epoch_ticks"])
-        self.staged = list(st["staged"])
+        self.staged = [tuple(x) for x in st["staged"]]
 
 
 def _hot(units: np.ndarray, counts: np.ndarray, threshold: int,
@@ -396,21 +400,22 @@ def _hot(units: np.ndarray, counts: np.ndarray, threshold: int,
     return units[order], counts[order]
 
 
-def _reference(units: np.ndarray, counts: np.ndarray, oracle: tuple[np.ndarray, np.ndarray]) -> set:
-    """The oracle's hot list and the units tied with its last entry."""
+def _reference(units: np.ndarray, counts: np.ndarray,
+               oracle: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The oracle's hot list and the units tied with its last entry (sorted)."""
     listed, listed_counts = oracle
     if not len(listed):
-        return set()
-    cut = int(listed_counts[-1])
-    return set(listed.tolist()) | set(units[counts == cut].tolist())
+        return listed
+    return np.union1d(listed, units[counts == listed_counts[-1]])
 
 
-def _judge(listed: np.ndarray, ref: set, by_unit: dict, seen: int,
+def _judge(listed: np.ndarray, ref: np.ndarray, true_counts: np.ndarray, seen: int,
            capacity: int) -> tuple[float, float, float]:
-    """(precision, recall, coverage) of one hot list against the reference."""
-    units = listed.tolist()
-    hits = sum(1 for u in units if u in ref)
-    precision = hits / len(units) if units else (1.0 if not ref else 0.0)
-    recall = hits / min(len(ref), capacity) if ref else 1.0
-    coverage = sum(by_unit.get(u, 0) for u in units) / seen
-    return precision, recall, coverage
+    """(precision, recall, coverage) of one hot list against the reference.
+
+    ``true_counts``: the oracle's counts of the listed units.
+    """
+    hits = int(np.isin(listed, ref, assume_unique=True).sum())
+    precision = hits / len(listed) if len(listed) else (1.0 if not len(ref) else 0.0)
+    recall = hits / min(len(ref), capacity) if len(ref) else 1.0
+    return precision, recall, int(true_counts.sum()) / seen
