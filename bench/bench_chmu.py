@@ -90,11 +90,11 @@ def plot(table: dict, budgets: list[int]) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(table), figsize=(4 * len(table), 3.5), sharey=True)
     for ax, (name, rows) in zip(axes, table.items()):
-        for tracker, style in (("space-saving", "-o"), ("count-min", "-s")):
-            ax.plot(budgets, [rows[k][tracker]["precision"] for k in budgets], style,
+        for tracker, marker in (("space-saving", "o"), ("count-min", "s")):
+            ax.plot(budgets, [rows[k][tracker]["precision"] for k in budgets], marker=marker,
                     label=f"{tracker} precision")
-            ax.plot(budgets, [rows[k][tracker]["recall"] for k in budgets], style + "-",
-                    alpha=0.6, label=f"{tracker} recall")
+            ax.plot(budgets, [rows[k][tracker]["recall"] for k in budgets], marker=marker,
+                    linestyle="--", alpha=0.6, label=f"{tracker} recall")
         ax.set_xscale("log", base=2)
         ax.set_title(name)
         ax.set_xlabel("counters")

@@ -371,7 +371,7 @@ class Session:
         if doc["config_digest"] != self.model.cfg.digest():
             self.notes.append(f"timing configuration {self.model.cfg.digest()} differs from the "
                               f"snapshot's {doc['config_digest']}")
-        chmu_cold = [n for n in cold if n.startswith("H.Mm.chmu.")]
+        chmu_cold = [n for n in cold if n == "H.Mm.chmu"]
         cold = [n for n in cold if n not in chmu_cold]
         if self.model.chmu is not None:
             if chmu_cold or "chmu" not in doc["engine"]:

@@ -66,11 +66,11 @@ def instances(cfg: Config, ram: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def allocate(cfg: Config, ram: list[tuple[int, int]]) -> tuple[ChmuArrays, list[tuple[int, int]]]:
-    """The CHMU arrays (placeholders when it is off) and the ranges each instance counts."""
+    """The CHMU arrays (a token arena when it is off) and the ranges each instance counts."""
     c = cfg.chmu
+    p = np.zeros(chmu.NCPARAMS, dtype=np.int64)
     if not c.enabled:
-        return _arrays(np.zeros(chmu.NCPARAMS, dtype=np.int64),
-                       np.zeros((0, chmu.NICOLS), dtype=np.int64), 1, 1, 1, 1, 1, 1), []
+        return _arrays(p, np.zeros((0, chmu.NICOLS), dtype=np.int64), 1, 1, 0, 1, 1, 1, 1), []
     devices = instances(cfg, ram)
     if not devices:
         raise CosimError("--chmu: this machine has no CXL memory to monitor (a CHMU counts a "
@@ -93,7 +93,6 @@ def allocate(cfg: Config, ram: list[tuple[int, int]]) -> tuple[ChmuArrays, list[
     if first > MAX_UNITS:
         raise CosimError(f"--chmu unit={c.unit_bytes}: the CXL memory would need {first:,} "
                          f"counters (at most {MAX_UNITS:,}); use a larger unit or a range filter")
-    p = np.zeros(chmu.NCPARAMS, dtype=np.int64)
     p[chmu.CP_ON] = 1
     p[chmu.CP_UNIT_SHIFT] = shift
     p[chmu.CP_ACCESS] = {"r": chmu.ACC_READ, "w": chmu.ACC_WRITE,
@@ -101,32 +100,23 @@ def allocate(cfg: Config, ram: list[tuple[int, int]]) -> tuple[ChmuArrays, list[
     p[chmu.CP_DOWNSAMPLE] = c.downsample
     p[chmu.CP_CNT_MAX] = (1 << c.counter_bits) - 1
     p[chmu.CP_TRACKERS] = sum(_BITS.get(t, 0) for t in c.tracker.split("+"))
-    p[chmu.CP_CM_DEPTH] = c.cm_depth
     p[chmu.CP_SAMPLE_EVERY] = c.sample_every
     p[chmu.CP_SAMPLE_PERIOD] = round(c.sample_period_ns * cfg.core.frequency_ghz * TICKS)
     trackers = p[chmu.CP_TRACKERS]
+    ss, cm = trackers & chmu.TR_SPACE_SAVING, trackers & chmu.TR_COUNT_MIN
     C = _arrays(p, np.array(rows, dtype=np.int64).reshape(-1, chmu.NICOLS), first,
-                c.counters if trackers & chmu.TR_SPACE_SAVING else 1,
-                c.cm_depth if trackers & chmu.TR_COUNT_MIN else 1,
-                c.cm_width if trackers & chmu.TR_COUNT_MIN else 1,
-                c.hot_list if trackers & chmu.TR_COUNT_MIN else 1,
+                c.counters if ss else 1, int(p[chmu.CP_CNT_MAX]) if ss else 0,
+                c.cm_depth if cm else 1, c.cm_width if cm else 1, c.hot_list if cm else 1,
                 c.sample_buffer if trackers & chmu.TR_SAMPLE else 1)
-    reset_sampling(C)
     return C, counted
 
 
-def _arrays(p: np.ndarray, inst: np.ndarray, units: int, k: int, depth: int, width: int,
-            cm_k: int, samples: int) -> ChmuArrays:
-    n = max(inst.shape[0], 1)
-    return ChmuArrays(p=p, inst=inst, s=np.zeros(chmu.NSTATE, dtype=np.int64),
-                      seen=np.zeros((n, chmu.NSEEN), dtype=np.int64),
-                      oracle=np.zeros(units, dtype=np.int64),
-                      touched=np.zeros(units, dtype=np.int64),
-                      ss=chmu.allocate_topk(n, k),
-                      cm=np.zeros((n, depth, width), dtype=np.int64),
-                      cmk=chmu.allocate_topk(n, cm_k),
-                      samples=np.zeros(samples, dtype=np.int64),
-                      sample_t=np.zeros(samples, dtype=np.int64))
+def _arrays(p: np.ndarray, inst: np.ndarray, units: int, k: int, ss_cmax: int, depth: int,
+            width: int, cm_k: int, samples: int) -> ChmuArrays:
+    p = chmu.layout(p, inst, units, k, ss_cmax, depth, width, cm_k, samples)
+    C = chmu.views(p, np.zeros(int(p[chmu.ARENA_LEN]), dtype=np.int64))
+    clear(C)
+    return C
 
 
 def reset_sampling(C: ChmuArrays) -> None:
@@ -136,10 +126,9 @@ def reset_sampling(C: ChmuArrays) -> None:
 
 
 def clear(C: ChmuArrays) -> None:
-    """Every count of every instance back to zero (a restore whose CHMU state does not fit)."""
-    for a in (C.s, C.seen, C.oracle, C.touched, C.cm, C.samples, C.sample_t):
-        a[...] = 0
-    chmu.clear_topk(C.ss)
+    """Every count of every instance back to zero (a new unit, or a restore that does not fit)."""
+    C.arena[...] = 0
+    chmu.clear_space_saving(C.ss)
     chmu.clear_topk(C.cmk)
     reset_sampling(C)
 
@@ -310,7 +299,7 @@ class Monitor:
             C.oracle[touched] = 0
             C.s[chmu.S_NTOUCHED] = 0
             C.seen[...] = 0
-            chmu.clear_topk(C.ss)
+            chmu.clear_space_saving(C.ss)
             chmu.clear_topk(C.cmk)
             C.cm[...] = 0
         self.epoch += 1
@@ -318,10 +307,12 @@ class Monitor:
     def _estimates(self, name: str, i: int, first: int, units: int) -> tuple[np.ndarray, np.ndarray]:
         """(units, estimated accesses) of one tracker in instance ``i`` this epoch."""
         C, c = self.C, self.cfg
-        if name in ("space-saving", "count-min"):
-            T = C.ss if name == "space-saving" else C.cmk
-            k = int(T.size[i])
-            return T.unit[i, :k].copy(), T.cnt[i, :k] * c.downsample
+        if name == "space-saving":
+            held = C.ss.unit[i] >= 0
+            return C.ss.unit[i][held], C.ss.cnt[i][held] * c.downsample
+        if name == "count-min":
+            k = int(C.cmk.size[i])
+            return C.cmk.unit[i, :k].copy(), C.cmk.cnt[i, :k] * c.downsample
         n = int(C.s[chmu.S_NSAMPLES])
         g = C.samples[:n] >> 1
         g = g[(g >= first) & (g < first + units)]

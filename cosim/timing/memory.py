@@ -21,7 +21,6 @@ import numpy as np
 from numba import njit
 
 from . import chmu
-from .chmu import ChmuArrays
 
 TICKS_PER_CYCLE = 1000          # time unit of all kernels: 1/1000 cycle
 BIN_TICKS = 64 * TICKS_PER_CYCLE
@@ -60,7 +59,8 @@ class MemArrays(NamedTuple):
     tier_stats: np.ndarray  # int64[2, NTSTATS]
     hist: np.ndarray        # int64[2, HIST_BINS]: read latency, cycles
     pages: np.ndarray       # int64[npages, 2]: reads, writes (64-byte lines)
-    chmu: ChmuArrays        # the CXL devices' hotness monitoring units
+    chmu_p: np.ndarray      # int64: the CHMUs' parameters and layout (chmu.layout)
+    chmu: np.ndarray        # int64: every CHMU counter (the arena; chmu.views names them)
 
 
 @njit(_nrt=False, cache=True)
@@ -182,6 +182,6 @@ def access(Mm: MemArrays, addr: int, write: bool, t: int) -> tuple:
     if queued > 0:
         ts[tier, TS_QUEUED] += 1
     count_page(Mm, addr, write)
-    if tier == TIER_CXL and Mm.chmu.p[chmu.CP_ON] != 0:
-        chmu.observe(Mm.chmu, addr, write, t)
+    if tier == TIER_CXL and Mm.chmu_p[chmu.CP_ON] != 0:
+        chmu.observe(Mm.chmu_p, Mm.chmu, addr, write, t)
     return lat, tier

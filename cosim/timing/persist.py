@@ -41,7 +41,7 @@ LINE_FIELDS_1 = ("H.C.tags", "H.C.state", "H.C.stamp", "H.C.ready", "H.C.src")
 
 #: Fields computed from the configuration and the RAM layout, never loaded.
 PARAM_FIELDS = frozenset({"H.C.geom", "H.Mm.params", "H.Mm.ranges", "H.Mm.ram", "H.Mm.ctrl",
-                          "H.hp", "K.params", "H.Mm.chmu.p", "H.Mm.chmu.inst"})
+                          "H.hp", "K.params", "H.Mm.chmu_p"})
 
 FORMAT = 2
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import caches, chmu_monitor, core, hierarchy, memory
+from .chmu import ChmuArrays
 from .chmu_monitor import Monitor
 from .config import Config
 
@@ -64,7 +65,7 @@ def build(cfg: Config, ncores: int, ram: list[tuple[int, int]],
     cp[core.C_SB] = cfg.core.store_buffer
     K = core.allocate(ncores, cfg.core.rob, cfg.core.mlp, cfg.core.store_buffer, cp)
     pf = hierarchy.allocate_streams(ncores, cfg.prefetch.streams)
-    monitor = Monitor.create(cfg, Mm.chmu, chmu_ranges) if cfg.chmu.enabled else None
+    monitor = Monitor.create(cfg, chmu_arrays, chmu_ranges) if cfg.chmu.enabled else None
     return Model(cfg, ncores, hierarchy.Hier(C, Mm, hp, pf, np.zeros(1, dtype=np.int64),
                                              hierarchy.allocate_ownership()), K, ram, monitor)
 
@@ -90,7 +91,7 @@ def reset_counters(m: Model) -> None:
     m.K.scal[:, core.T_INSNS] = 0
 
 
-def _memory(cfg: Config, ram: list[tuple[int, int]], chmu: memory.ChmuArrays) -> memory.MemArrays:
+def _memory(cfg: Config, ram: list[tuple[int, int]], chmu: ChmuArrays) -> memory.MemArrays:
     line = cfg.llc.line_bytes
     ctrl = []
     # DRAM: one shared (half-duplex) bus per channel; the idle load-to-use
@@ -139,5 +140,6 @@ def _memory(cfg: Config, ram: list[tuple[int, int]], chmu: memory.ChmuArrays) ->
         tier_stats=np.zeros((2, memory.NTSTATS), dtype=np.int64),
         hist=np.zeros((2, memory.HIST_BINS), dtype=np.int64),
         pages=np.zeros((max(first, 1), 2), dtype=np.int64),
-        chmu=chmu,
+        chmu_p=chmu.p,
+        chmu=chmu.arena,
     )
