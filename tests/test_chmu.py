@@ -228,3 +228,17 @@ def test_dram_only_machine_has_nothing_to_monitor():
     cfg = chmu_spec.apply(config.load("dram-only"), "")
     with pytest.raises(CosimError, match="no CXL memory"):
         chmu_monitor.allocate(cfg, RAM)
+
+
+def test_samples_go_to_a_file_with_their_type(tmp_path):
+    out = tmp_path / "samples.csv"
+    m = monitor(f"tracker=sample,sample-every=4,epoch=100us,samples={out}")
+    m.advance(0)
+    feed(m, np.arange(8), step=1)
+    feed(m, np.arange(8), step=1, t0=100, writes=True)
+    m.advance(m.next_end)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "epoch,time_ns,address,type"
+    assert lines[1:] == ["0,0,0x0,r", "0,0,0x4000,r", "0,0,0x0,w", "0,0,0x4000,w"]
+    with pytest.raises(CosimError, match="cannot write"):
+        monitor(f"tracker=sample,samples={tmp_path / 'no' / 'such' / 'dir.csv'}")

@@ -189,6 +189,14 @@ class Monitor:
     @classmethod
     def create(cls, cfg: Config, C: ChmuArrays, ranges: list[tuple[int, int]]) -> "Monitor":
         per_us = 1e3 * cfg.core.frequency_ghz * TICKS
+        if cfg.chmu.sample_file:
+            # written now, so a path that cannot be written fails before the run
+            try:
+                with open(cfg.chmu.sample_file, "w", encoding="ascii") as f:
+                    f.write("epoch,time_ns,address,type\n")
+            except OSError as e:
+                raise CosimError(f"--chmu samples={cfg.chmu.sample_file}: cannot write: "
+                                 f"{e.strerror}") from None
         return cls(cfg.chmu, C, ranges, per_us, round(cfg.chmu.epoch_us * per_us),
                    threshold=cfg.chmu.threshold)
 
@@ -291,6 +299,8 @@ class Monitor:
         self.history.append(record)
         while len(self.history) > c.report_epochs:
             self.history.popleft()
+        if c.sample_file:
+            self._write_samples()
         self.samples_taken += int(C.s[chmu.S_NSAMPLES])
         self.samples_dropped += int(C.s[chmu.S_DROPPED])
         C.s[chmu.S_NSAMPLES] = 0
@@ -303,6 +313,25 @@ class Monitor:
             chmu.clear_topk(C.cmk)
             C.cm[...] = 0
         self.epoch += 1
+
+    def _write_samples(self) -> None:
+        """Append this epoch's samples to ``sample_file``: epoch, time (ns), unit address, r/w."""
+        C, c = self.C, self.cfg
+        n = int(C.s[chmu.S_NSAMPLES])
+        g, write = C.samples[:n] >> 1, C.samples[:n] & 1
+        shift = c.unit_bytes.bit_length() - 1
+        addr = np.zeros(n, dtype=np.int64)
+        for i, (lo, _) in enumerate(self.ranges):
+            first = int(C.inst[i, chmu.I_FIRST])
+            mine = g >= first
+            addr[mine] = lo + ((g[mine] - first) << shift)
+        ns = (C.sample_t[:n] / self.ticks_per_us * 1e3).astype(np.int64)
+        try:
+            with open(c.sample_file, "a", encoding="ascii") as f:
+                f.writelines(f"{self.epoch},{t},{a:#x},{'w' if w else 'r'}\n"
+                             for t, a, w in zip(ns.tolist(), addr.tolist(), write.tolist()))
+        except OSError as e:
+            raise CosimError(f"--chmu samples={c.sample_file}: cannot write: {e.strerror}") from None
 
     def _estimates(self, name: str, i: int, first: int, units: int) -> tuple[np.ndarray, np.ndarray]:
         """(units, estimated accesses) of one tracker in instance ``i`` this epoch."""

@@ -62,6 +62,7 @@ KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "sample-period": ("sample_period_ns", _time_ns),
     "buffer": ("sample_buffer", _int),
     "epochs": ("report_epochs", _int),
+    "samples": ("sample_file", _text),
 }
 #: ``range=BASE+SIZE`` sets two fields
 RANGE_KEY = "range"

@@ -158,6 +158,9 @@ class ChmuConfig:
     sample_buffer: int = F(1 << 16, 1, 1 << 24, "samples kept per epoch (more are counted as "
                            "dropped)")
     report_epochs: int = F(8, 1, 1 << 16, "epochs whose hot lists the JSON keeps (the last)")
+    sample_file: str = F("", doc="sample tracker: write every sample here as CSV (epoch, "
+                         "time_ns, address, type), as a sampling host daemon reads them; "
+                         "empty: counts only")
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,10 @@ def _check_value(where: str, f: Any, value: Any) -> Any:
         if not names or any(n not in TRACKERS for n in names) or len(set(names)) != len(names):
             raise _bad(where, value, f"must be one or more of {', '.join(TRACKERS)}, "
                        "joined by '+'")
+        return value
+    if isinstance(default, str) and not choices:
+        if not isinstance(value, str):
+            raise _bad(where, value, "must be a string")
         return value
     if choices:
         if value not in choices:
