@@ -35,8 +35,8 @@ from ..errors import CosimError
 from . import chmu
 from .chmu import ChmuArrays
 from .config import ChmuConfig, Config
+from .memory import TICKS_PER_CYCLE as TICKS
 
-TICKS = 1000                # kernel ticks per cycle (memory.TICKS_PER_CYCLE)
 HEAT_ROWS = 64              # address bins per instance in the heatmap
 HEAT_EPOCHS = 256           # epochs the heatmap keeps (the last)
 SERIES_EPOCHS = 1 << 14     # epochs whose device accesses and reads are kept (the last)
