@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn, Sequence
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from . import __version__, build, paths
+from . import __version__, build, interrupts, paths
 from . import snapshot as snap
 from .errors import CosimError, Terminated
 from . import linux_machine
@@ -669,14 +669,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_checks()
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupts.install()
     handlers = {"run": cmd_run, "build": cmd_build, "doctor": cmd_doctor,
                 "config": cmd_config, "regress": cmd_regress, "snapshot": cmd_snapshot,
                 "status": cmd_client, "pause": cmd_client, "resume": cmd_client,

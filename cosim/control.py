@@ -41,7 +41,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc  # noqa: E402
 
-from . import quantum
+from . import interrupts, quantum
 from . import snapshot as snap
 from .errors import CosimError
 from .v1 import control_pb2 as pb
@@ -364,6 +364,7 @@ class ControlServer:
         self.listen = listen
         self.token = secrets.token_urlsafe(24) if listen else None
         self.port: int | None = None
+        self._emergency: int | None = None   # token of _remove_files with cosim.interrupts
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=GRPC_WORKERS))
         pb_grpc.add_ControlServicer_to_server(
             Servicer(self.controller, self.sim_id, self.token), self._server)
@@ -394,11 +395,18 @@ class ControlServer:
         fd = os.open(self.info_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
+        self._emergency = interrupts.register(self._remove_files)
         return self
 
     def stop(self) -> None:
         self.controller.finish()
         self._server.stop(grace=1.0).wait(2.0)
+        self._remove_files()
+        if self._emergency is not None:
+            interrupts.unregister(self._emergency)
+
+    def _remove_files(self) -> None:
+        """The socket and info file go with the run (also cosim.interrupts' emergency cleanup)."""
         self.socket.unlink(missing_ok=True)
         self.info_path.unlink(missing_ok=True)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import codecs
 import ctypes
 import mmap
+import os
 import re
 import shutil
 import signal
@@ -37,7 +38,7 @@ import numpy as np
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.qmp_client import ExecuteError
 
-from . import paths
+from . import interrupts, paths
 from .paths import qemu_opt
 from .errors import CosimError
 from .boards import DEFAULT_MEMORY, DEFAULT_QUANTUM, DEFAULT_SMP, Board, VirtBoard
@@ -224,6 +225,7 @@ class Bridge:
         self._exited = False
         self._in_flight = False              # send_step() without finish() yet
         self._closed = False
+        self._emergency: int | None = None  # token of _kill_now with cosim.interrupts
         self._carry: list[np.ndarray] = []   # records of a turn split by chunks
         # (records, bounds) of the last message's turns, whole (see Report.trace)
         self._whole: tuple[np.ndarray, np.ndarray] | None = None
@@ -285,11 +287,12 @@ class Bridge:
                 f.truncate(size)
             with open(shm_file, "r+b") as f:
                 self._shm = mmap.mmap(f.fileno(), size)
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.stderr_path, "wb"), preexec_fn=_die_with_parent,
-            start_new_session=True,
-        )
+        with open(self.stderr_path, "wb") as stderr:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=stderr, preexec_fn=_die_with_parent, start_new_session=True,
+            )
+        self._emergency = interrupts.register(self._kill_now)
         try:
             self._sock = self._accept_plugin()
             self.hello = self._recv()
@@ -323,12 +326,9 @@ class Bridge:
                     self._send({"c": "detach"})
             except (OSError, CosimError):
                 pass
-            try:
-                qmp = self._qmp_client(timeout=1.0)
-                qmp.settimeout(1.0)     # a stopped or hung QEMU never answers
-                qmp.cmd("quit")
-            except Exception:
-                pass
+            # SIGTERM, not QMP's quit: connecting a QMP client has no timeout,
+            # and QEMU shuts down on either the same way
+            proc.terminate()
             try:
                 proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
@@ -341,6 +341,14 @@ class Bridge:
                     closable.close()
                 except Exception:
                     pass
+        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._emergency is not None:
+            interrupts.unregister(self._emergency)
+
+    def _kill_now(self) -> None:
+        """The watchdog's cleanup (cosim.interrupts): QEMU killed, run directory removed."""
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     @property

@@ -48,3 +48,48 @@ def test_signal_mid_run_leaves_nothing(tmp_path: Path, command: str, sig: signal
     assert not snaps.exists() or [p.name for p in snaps.iterdir()
                                   if not p.name.endswith(".boot.log")] == []
     assert qemu_pids() - before == set()
+
+
+# A run whose cleanup hangs after the signal (a stand-in for QEMU or a library
+# caught mid-call): the watchdog of cosim.interrupts must still end it, kill the
+# real QEMU and remove the run directory.
+HUNG_CLEANUP = """
+import sys, time
+from cosim import interrupts
+from cosim.libqflex_bridge import Bridge, QemuConfig
+from cosim import build
+interrupts.CLEANUP_GRACE_S = float(sys.argv[1])
+interrupts.install()
+bridge = Bridge(QemuConfig(kernel=build.guest_elf("spinlock"), smp=2, mode="fast")).start()
+print(bridge.pid, flush=True)
+try:
+    while True:
+        bridge.rr(1000)
+finally:
+    time.sleep(3600)        # the cleanup that never finishes
+"""
+
+
+@pytest.mark.parametrize("second_signal", [False, True], ids=["grace", "second-signal"])
+def test_a_hung_cleanup_is_cut_short(tmp_path: Path, second_signal: bool) -> None:
+    before = qemu_pids()
+    grace = 3600.0 if second_signal else 2.0
+    proc = subprocess.Popen([sys.executable, "-c", HUNG_CLEANUP, str(grace)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path),
+                                 "HOME": str(Path.home())})
+    qemu = int(proc.stdout.readline())
+    assert qemu in qemu_pids() - before
+    proc.send_signal(signal.SIGTERM)
+    if second_signal:
+        time.sleep(1.0)
+        assert proc.poll() is None, "the cleanup was meant to hang"
+        proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    why = "a second signal arrived" if second_signal else "cleanup did not finish within 2 s"
+    assert f"cosim: {why}; stacks of all threads follow" in err
+    assert 'File "<string>", line' in err       # the stack dump shows where it hung
+    assert err.strip().splitlines()[-1] == "cosim: terminated"
+    assert list(tmp_path.iterdir()) == []       # the run directory went with QEMU
+    assert qemu_pids() - before == set()
