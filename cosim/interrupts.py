@@ -30,7 +30,9 @@ CLEANUP_GRACE_S = 20.0
 
 _actions: dict[int, Callable[[], None]] = {}
 _tokens = itertools.count()
-_armed: list[int] = []          # the signal that armed the watchdog, once armed
+_seen: list[int] = []           # signals the watcher has read, in order
+_raised: list[int] = []         # signals the main thread has raised as exceptions
+_installed: list[bool] = []
 
 
 def register(action: Callable[[], None]) -> int:
@@ -46,19 +48,46 @@ def unregister(token: int) -> None:
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM through the watchdog (call once, in the main thread)."""
+    """Route SIGINT and SIGTERM through the watchdog (call once, in the main thread).
+
+    Python runs a signal handler only when the main thread is back in the
+    interpreter; a main thread blocked in a C call would never arm a
+    watchdog there. So the C-level handler's wakeup byte (the signal number,
+    ``signal.set_wakeup_fd``) is read by a thread of its own, which arms the
+    watchdog however stuck the main thread is.
+    """
+    if _installed:
+        return
+    _installed.append(True)
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(target=_watch, args=(read_end,), name="cosim-signal-watch",
+                     daemon=True).start()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
 
 
+def _watch(read_end: int) -> None:
+    """Arm the watchdog at the first signal; force the exit at the second."""
+    while True:
+        for signum in os.read(read_end, 64):
+            if signum not in (signal.SIGINT, signal.SIGTERM):
+                continue
+            _seen.append(signum)
+            if len(_seen) > 1:
+                _force_exit(_seen[0], "a second signal arrived")
+            timer = threading.Timer(CLEANUP_GRACE_S, _force_exit, args=(
+                signum, f"cleanup did not finish within {CLEANUP_GRACE_S:.0f} s"))
+            timer.daemon = True
+            timer.start()
+
+
 def _on_signal(signum: int, frame: object) -> None:
-    if _armed:
-        _force_exit(_armed[0], "a second signal arrived")
-    _armed.append(signum)
-    timer = threading.Timer(CLEANUP_GRACE_S, _force_exit,
-                            args=(signum, f"cleanup did not finish within {CLEANUP_GRACE_S:.0f} s"))
-    timer.daemon = True
-    timer.start()
+    """In the main thread: the first signal unwinds the command through its cleanup."""
+    if _raised:
+        return              # the watcher ends it if cleanup is stuck
+    _raised.append(signum)
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated()
