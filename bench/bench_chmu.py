@@ -1,5 +1,13 @@
 """What the CHMU costs, and how good its hot lists are for the counters it has.
 
+(0) Cost in the kernels alone: the timing kernels replay recorded calls of
+    a real run (bench_kernels' captures: GUPS and STREAM, 1 hart) on a
+    cxl-direct model with the CHMU off and on, alternating in one process,
+    and the CHMU's epochs close as the engine closes them (after each call,
+    at the cores' time). No QEMU and no bridge share the time, so the ratio
+    is the CHMU's share of the model's own work: an upper bound of what it
+    costs a whole run, measured with far less noise than (1) on a shared
+    host.
 (1) Cost: detailed-mode MIPS (``cosim run --timing``, round order) of riscv
     GUPS, hotcold and STREAM with the CHMU off, on with its default tracker
     (space-saving, 1024 counters) and on with every tracker at once, side
@@ -13,6 +21,7 @@
     table and as ``docs/chmu_accuracy.png``.
 
     .venv/bin/python bench/bench_chmu.py [--repeat 2] [--budgets 64,256,1024,4096]
+        [--workloads gups,hotcold,stream] [--no-cost | --no-accuracy | --kernels-only]
 """
 
 from __future__ import annotations
@@ -26,7 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import time  # noqa: E402
+
+import bench_kernels  # noqa: E402
 from cosim import build  # noqa: E402
+from cosim.boards import roi_addresses  # noqa: E402
+from cosim.timing import chmu_spec, core, state  # noqa: E402
+from cosim.timing import config as timing_config  # noqa: E402
 
 # 1 hart, 40-100 M instructions each; working sets well beyond the 8 MiB LLC
 WORKLOADS = {"gups": "gups-ws64m-n2m", "hotcold": "hotcold-ws64m-hot4m-n2m",
@@ -47,11 +62,55 @@ def run(kernel: str, chmu: str | None) -> dict:
     return json.loads(proc.stdout)
 
 
-def cost(repeat: int) -> None:
+#: bench_kernels captures replayed by (0)
+REPLAYS = (("gups 1h", "gups-ws16m-n8m", 1), ("stream 1h", "stream-n1m-r8", 1))
+
+
+def replay(calls: list, kernel: str, chmu: str | None) -> tuple[float, int]:
+    """(seconds in the kernels and at epoch ends, epochs closed) of one replay of ``calls``."""
+    cfg = timing_config.load("cxl-direct")
+    if chmu is not None:
+        cfg = chmu_spec.apply(cfg, chmu)
+    model = state.build(cfg, 1, [(bench_kernels.RAM_BASE, bench_kernels.RAM_SIZE)],
+                        roi=roi_addresses(build.guest_elf(kernel)))
+    K, H, monitor = model.K, model.H, model.chmu
+    spent = 0.0
+    for name, args in calls:
+        args = tuple(a.copy() if hasattr(a, "copy") else a for a in args)
+        t = time.perf_counter()
+        getattr(core, name)(K, H, *args)
+        if monitor is not None:
+            monitor.advance(int(K.scal[:, core.T_TIME].max()))
+        spent += time.perf_counter() - t
+    return spent, monitor.epoch if monitor is not None else 0
+
+
+def kernel_cost(repeat: int, insns: int) -> None:
+    print(f"(0) the kernels alone (replayed calls, cxl-direct), best of {repeat}, alternating")
+    print(f"{'case':<10} {'Mrec':>6} " + " ".join(f"{k + ' ns/rec':>20}" for k in COST)
+          + "   on/off: " + " ".join(f"{k:>13}" for k in list(COST)[1:]) + "  epochs")
+    for label, kernel, smp in REPLAYS:
+        calls = bench_kernels.load(label, kernel, smp, insns)
+        nrec = sum(bench_kernels._records(c) for c in calls)
+        best: dict[str, float] = {}
+        epochs = 0
+        for _ in range(repeat):
+            for name, spec in COST.items():
+                seconds, n = replay(calls, kernel, spec)
+                epochs = max(epochs, n)
+                best[name] = min(best.get(name, seconds), seconds)
+        off = best["off"]
+        print(f"{label:<10} {nrec / 1e6:>6.1f} " + " ".join(
+            f"{best[k] / nrec * 1e9:>20.1f}" for k in COST) + "           " + " ".join(
+            f"{off / best[k]:>13.2f}" for k in list(COST)[1:]) + f"  {epochs:>6}", flush=True)
+
+
+def cost(repeat: int, names: list[str]) -> None:
     print(f"(1) detailed-mode MIPS, 1 hart, cxl-direct, best of {repeat}")
     print(f"{'workload':<9} {'Minsns':>7} " + " ".join(f"{k:>13}" for k in COST)
           + "   on/off: " + " ".join(f"{k:>13}" for k in list(COST)[1:]))
-    for name, kernel in WORKLOADS.items():
+    for name in names:
+        kernel = WORKLOADS[name]
         best: dict[str, float] = {}
         insns = 0
         for _ in range(repeat):
@@ -111,13 +170,28 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--budgets", default="64,256,1024,4096")
     ap.add_argument("--no-cost", action="store_true", help="only the accuracy part")
+    ap.add_argument("--no-accuracy", action="store_true", help="only the cost parts")
+    ap.add_argument("--kernels-only", action="store_true", help="only part (0)")
+    ap.add_argument("--insns", type=int, default=20_000_000,
+                    help="instructions per capture replayed in (0)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help="cost part: a comma-separated subset of " + ", ".join(WORKLOADS))
     args = ap.parse_args()
     budgets = [int(x) for x in args.budgets.split(",")]
+    names = args.workloads.split(",")
+    for name in names:
+        if name not in WORKLOADS:
+            ap.error(f"--workloads {name}: one of {', '.join(WORKLOADS)}")
     for kernel in WORKLOADS.values():
         build.guest_elf(kernel)
     if not args.no_cost:
-        cost(args.repeat)
-    plot(accuracy(budgets), budgets)
+        kernel_cost(args.repeat, args.insns)
+        if args.kernels_only:
+            return
+        print()
+        cost(args.repeat, names)
+    if not args.no_accuracy:
+        plot(accuracy(budgets), budgets)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from .chmu_device import Device
 from .linux_machine import CHMU_FILE, LinuxBoard
 from .progress import Progress
 from .quantum import Schedule, run_round_robin
-from .timing import chmu_monitor
+from .timing import chmu, chmu_monitor
 from .timing import config as timing_config
 from .timing import core
 from .timing import persist
@@ -374,7 +374,8 @@ class Session:
         chmu_cold = [n for n in cold if n == "H.Mm.chmu"]
         cold = [n for n in cold if n not in chmu_cold]
         if self.model.chmu is not None:
-            if chmu_cold or "chmu" not in doc["engine"]:
+            if chmu_cold or "chmu" not in doc["engine"] or \
+                    self.model.chmu.C.s[chmu.S_LAYOUT] != chmu.ARENA_LAYOUT:
                 self.notes.append("the CHMU starts with empty counters (the snapshot's CHMU "
                                   "configuration differs, or it had none)")
                 chmu_monitor.clear(self.model.chmu.C)

@@ -54,12 +54,14 @@ def check_topk(T: chmu.TopK, i: int = 0) -> None:
 
 
 def check_space_saving(S: chmu.SpaceSaving, i: int = 0) -> None:
-    """Held units are found through slot_of; order is sorted; last marks each run's end."""
+    """Held units are found through slot_of, and only they (an entry an evicted unit left
+    names a slot holding another); order is sorted; last marks each run's end."""
     k = S.unit.shape[1]
     held = [slot for slot in range(k) if S.unit[i, slot] >= 0]
     for slot in held:
         assert S.slot_of[int(S.unit[i, slot])] == slot + 1     # one instance: first = 0
-    assert np.count_nonzero(S.slot_of) == len(held)
+    named = np.flatnonzero(S.slot_of)
+    assert np.count_nonzero(S.unit[i, S.slot_of[named] - 1] == named) == len(held)
     counts = S.cnt[i, S.order[i]]
     assert np.all(np.diff(counts) >= 0)
     assert np.all(S.pos[i, S.order[i]] == np.arange(k))

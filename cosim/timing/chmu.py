@@ -18,7 +18,10 @@ cxl-type3 window), and per epoch:
   kept sorted, with the last position of every count value, so an
   increment and a takeover are a swap each (the "stream summary" of the
   paper, in arrays); a unit's counter is found by a direct index (what a
-  CAM answers in hardware), not a hash probe;
+  CAM answers in hardware), not a hash probe, kept next to the unit's
+  oracle count so that both come in one cache line, and checked against
+  the slot's unit (an evicted unit's entry is left stale, not cleared: one
+  random store fewer per takeover);
 - ``count-min``: a depth x width sketch (Cormode and Muthukrishnan, 2005)
   and a table of the ``hot_list`` units with the largest estimates;
 - ``sample``: every N-th access (or the first after each period of
@@ -67,8 +70,13 @@ I_LO, I_HI, I_FIRST = range(3)
 NICOLS = 3
 
 # state scalars
-S_DOWN, S_SAMPLE_LEFT, S_NEXT_SAMPLE_T, S_NSAMPLES, S_DROPPED, S_NTOUCHED = range(6)
-NSTATE = 6
+S_DOWN, S_SAMPLE_LEFT, S_NEXT_SAMPLE_T, S_NSAMPLES, S_DROPPED, S_NTOUCHED, S_LAYOUT = range(7)
+NSTATE = 7
+
+#: S_LAYOUT of this arena layout (1, 2026-12-06: slot_of apart from the oracle and no
+#: S_LAYOUT; 2: interleaved with it), so a snapshot's arena of another layout is not
+#: read as this one
+ARENA_LAYOUT = 2
 
 # columns of seen (per instance): accesses the oracle and the trackers counted (since the
 # counters last restarted), and this epoch's accesses and reads (whatever the mode)
@@ -96,6 +104,7 @@ class SpaceSaving(NamedTuple):
     pos: np.ndarray     # [ninst, k]: position in order, by slot
     last: np.ndarray    # [ninst, cap + 2]: last position holding each count (-1: none)
     slot_of: np.ndarray  # [units]: slot + 1 holding a unit (0: none), by oracle index
+    #                      (interleaved with the oracle's counts: a strided view)
 
 
 class TopK(NamedTuple):
@@ -117,7 +126,7 @@ class ChmuArrays(NamedTuple):
     inst: np.ndarray     # [ninst, NICOLS] (a view of p)
     s: np.ndarray        # [NSTATE]
     seen: np.ndarray     # [ninst, NSEEN]
-    oracle: np.ndarray   # [units]: accesses per unit this epoch
+    oracle: np.ndarray   # [units]: accesses per unit this epoch (strided: slot_of between)
     touched: np.ndarray  # [units]: the units with a nonzero oracle count (S_NTOUCHED)
     ss: SpaceSaving
     cm: np.ndarray       # [ninst, depth, width]: count-min sketch
@@ -139,10 +148,11 @@ def layout(p: np.ndarray, inst: np.ndarray, units: int, k: int, ss_cmax: int, de
     p[D_SS_CMAX] = min(ss_cmax, SS_MAX_COUNT)
     p[D_CM_WIDTH], p[D_CMK], p[D_CMK_TABLE], p[D_SAMPLES] = width, cmk, table, samples
     p[O_INST] = NCPARAMS
-    sizes = [(O_S, NSTATE), (O_SEEN, ninst * NSEEN), (O_ORACLE, units), (O_TOUCHED, units),
+    # the oracle's count of unit g at O_ORACLE + 2 g, space-saving's slot_of at the next word
+    sizes = [(O_S, NSTATE), (O_SEEN, ninst * NSEEN), (O_ORACLE, 2 * units), (O_TOUCHED, units),
              (O_SS_UNIT, ninst * k), (O_SS_CNT, ninst * k), (O_SS_ERR, ninst * k),
              (O_SS_ORDER, ninst * k), (O_SS_POS, ninst * k), (O_SS_LAST, ninst * p[D_LAST]),
-             (O_SS_SLOT, units if ss_cmax else 1), (O_CM, ninst * depth * width),
+             (O_CM, ninst * depth * width),
              (O_CMK_UNIT, ninst * cmk), (O_CMK_CNT, ninst * cmk), (O_CMK_HEAP, ninst * cmk),
              (O_CMK_POS, ninst * cmk), (O_CMK_TABLE, ninst * table), (O_CMK_SIZE, ninst),
              (O_SAMPLES, samples), (O_SAMPLE_T, samples)]
@@ -151,6 +161,7 @@ def layout(p: np.ndarray, inst: np.ndarray, units: int, k: int, ss_cmax: int, de
         p[field] = at
         at += int(n)
     p[ARENA_LEN] = at
+    p[O_SS_SLOT] = p[O_ORACLE] + 1
     return p
 
 
@@ -163,14 +174,14 @@ def views(p: np.ndarray, arena: np.ndarray) -> ChmuArrays:
         n = int(np.prod(shape))
         return arena[p[field]:p[field] + n].reshape(shape)
 
-    ss_slot = int(p[O_CM] - p[O_SS_SLOT])
+    pairs = v(O_ORACLE, units, 2)
     return ChmuArrays(
         p=p, arena=arena, inst=p[NCPARAMS:NCPARAMS + 3 * int(p[D_NINST])].reshape(-1, NICOLS),
-        s=v(O_S, NSTATE), seen=v(O_SEEN, ninst, NSEEN), oracle=v(O_ORACLE, units),
+        s=v(O_S, NSTATE), seen=v(O_SEEN, ninst, NSEEN), oracle=pairs[:, 0],
         touched=v(O_TOUCHED, units),
         ss=SpaceSaving(v(O_SS_UNIT, ninst, k), v(O_SS_CNT, ninst, k), v(O_SS_ERR, ninst, k),
                        v(O_SS_ORDER, ninst, k), v(O_SS_POS, ninst, k),
-                       v(O_SS_LAST, ninst, int(p[D_LAST])), v(O_SS_SLOT, ss_slot)),
+                       v(O_SS_LAST, ninst, int(p[D_LAST])), pairs[:, 1]),
         cm=v(O_CM, ninst, int(p[CP_CM_DEPTH]), int(p[D_CM_WIDTH])),
         cmk=TopK(v(O_CMK_UNIT, ninst, cmk), v(O_CMK_CNT, ninst, cmk), v(O_CMK_HEAP, ninst, cmk),
                  v(O_CMK_POS, ninst, cmk), v(O_CMK_TABLE, ninst, int(p[D_CMK_TABLE])),
@@ -337,16 +348,14 @@ def space_saving(p: np.ndarray, a: np.ndarray, i: int, unit: int, g: int) -> Non
     units, cnt = p[O_SS_UNIT] + i * k, p[O_SS_CNT] + i * k
     order, pos = p[O_SS_ORDER] + i * k, p[O_SS_POS] + i * k
     last = p[O_SS_LAST] + i * p[D_LAST]
-    slot_of = p[O_SS_SLOT]
-    first = g - unit
-    slot = a[slot_of + g] - 1
-    if slot < 0:
+    slot_of = p[O_SS_SLOT] + 2 * g
+    slot = a[slot_of] - 1
+    if slot < 0 or a[units + slot] != unit:
+        # not held (an entry left by a unit since evicted names a slot that holds another)
         slot = a[order]
-        if a[units + slot] >= 0:
-            a[slot_of + first + a[units + slot]] = 0
         a[units + slot] = unit
         a[p[O_SS_ERR] + i * k + slot] = a[cnt + slot]
-        a[slot_of + g] = slot + 1
+        a[slot_of] = slot + 1
     c = a[cnt + slot]
     if c >= p[D_SS_CMAX]:
         return
@@ -386,7 +395,7 @@ def observe(p: np.ndarray, a: np.ndarray, addr: int, write: bool, t: int) -> Non
     local = (addr - p[row + I_LO]) >> p[CP_UNIT_SHIFT]
     g = p[row + I_FIRST] + local
     s = p[O_S]
-    oracle = p[O_ORACLE] + g
+    oracle = p[O_ORACLE] + 2 * g
     if a[oracle] == 0:
         a[p[O_TOUCHED] + a[s + S_NTOUCHED]] = g
         a[s + S_NTOUCHED] += 1

@@ -40,7 +40,7 @@ from .memory import TICKS_PER_CYCLE as TICKS
 HEAT_ROWS = 64              # address bins per instance in the heatmap
 HEAT_EPOCHS = 256           # epochs the heatmap keeps (the last)
 SERIES_EPOCHS = 1 << 14     # epochs whose device accesses and reads are kept (the last)
-MAX_UNITS = 1 << 25         # oracle counters over all instances (2 x 256 MiB of int64)
+MAX_UNITS = 1 << 25         # oracle counters over all instances (with slot_of and touched: 768 MiB)
 _BITS = {"space-saving": chmu.TR_SPACE_SAVING, "count-min": chmu.TR_COUNT_MIN,
          "sample": chmu.TR_SAMPLE}
 
@@ -128,6 +128,7 @@ def reset_sampling(C: ChmuArrays) -> None:
 def clear(C: ChmuArrays) -> None:
     """Every count of every instance back to zero (a new unit, or a restore that does not fit)."""
     C.arena[...] = 0
+    C.s[chmu.S_LAYOUT] = chmu.ARENA_LAYOUT
     chmu.clear_space_saving(C.ss)
     chmu.clear_topk(C.cmk)
     reset_sampling(C)
@@ -267,13 +268,13 @@ class Monitor:
                     lists[name] = _hot(*self._estimates(name, i, first, units), threshold,
                                        c.hot_list)
             device_units, device_counts = lists[self.trackers[0]]
-            # the unit's index within its device (the range filter may start further in)
-            offset = c.range_base >> shift
-            post["instances"].append({"instance": i, "hot_units": [
-                [int(u) + offset, int(n)] for u, n in zip(device_units, device_counts)]})
+            if self.publish:
+                # the unit's index within its device (the range filter may start further in)
+                post["instances"].append({"instance": i, "hot_units": np.stack(
+                    [device_units + (c.range_base >> shift), device_counts], 1).tolist()})
             inst: dict = {"instance": i, "accesses": int(C.seen[i, chmu.SEEN_EPOCH]),
                           "reads": int(C.seen[i, chmu.SEEN_EPOCH_READS]),
-                          "hot_list": [lo + (int(u) << shift) for u in lists[self.trackers[0]][0]]}
+                          "hot_list": (lo + (device_units << shift)).tolist()}
             if seen:
                 ref = _reference(local, counts, lists["oracle"])
                 for name, (units_t, _) in lists.items():
@@ -415,6 +416,10 @@ def _hot(units: np.ndarray, counts: np.ndarray, threshold: int,
          capacity: int) -> tuple[np.ndarray, np.ndarray]:
     """(units, counts) at or above ``threshold``, hottest first (ties: lower unit), at most ``capacity``."""
     keep = counts >= threshold
+    if np.count_nonzero(keep) > capacity:
+        # only the capacity hottest and those tied with the last of them can be listed:
+        # sort those, not all
+        keep &= counts >= -np.partition(-counts[keep], capacity - 1)[capacity - 1]
     units, counts = units[keep], counts[keep]
     order = np.lexsort((units, -counts))[:capacity]
     return units[order], counts[order]
