@@ -26,6 +26,7 @@ import queue
 import secrets
 import stat
 import tempfile
+import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ REQUEST_TIMEOUT_S = 600.0
 MAX_STEP_INSNS = 1 << 20
 #: messages our clients accept (gRPC's default is 4 MiB; a largest Step is ~32 MiB)
 MAX_MESSAGE_BYTES = 64 << 20
+#: epochs a WatchChmuSamples client may fall behind; the run then waits for it, up
+#: to SAMPLES_WAIT_S, and drops the client after that (its stream ends with an error)
+SAMPLES_QUEUE, SAMPLES_WAIT_S = 256, 30.0
 #: WatchProgress intervals: 0 means the default
 WATCH_DEFAULT_S, WATCH_MIN_S, WATCH_MAX_S = 1.0, 0.05, 3600.0
 _STATES = {"running": pb.Status.RUNNING, "paused": pb.Status.PAUSED,
@@ -120,6 +124,69 @@ class _Request:
     result: futures.Future
 
 
+class SampleHub:
+    """The CHMU's sample batches, from the simulation thread to each WatchChmuSamples client.
+
+    Each client has a bounded queue. A client that falls behind makes the
+    run wait (the results cannot depend on it: time is simulated), and one
+    that stops reading for SAMPLES_WAIT_S is dropped rather than stall the
+    run for good.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: list[queue.Queue] = []
+        self._closed = False
+
+    def subscribe(self) -> queue.Queue:
+        q: queue.Queue = queue.Queue(maxsize=SAMPLES_QUEUE)
+        with self._lock:
+            if self._closed:
+                q.put(None)
+            else:
+                self._queues.append(q)
+        return q
+
+    def unsubscribe(self, q: queue.Queue) -> None:
+        with self._lock:
+            if q in self._queues:
+                self._queues.remove(q)
+
+    def publish(self, batch: object) -> None:
+        """(simulation thread) One epoch's samples to every client."""
+        with self._lock:
+            queues = list(self._queues)
+        for q in queues:
+            try:
+                q.put(batch, timeout=SAMPLES_WAIT_S)
+            except queue.Full:
+                self.unsubscribe(q)
+                _put_end(q, RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                         f"the client read no samples for {SAMPLES_WAIT_S:g} s "
+                                         f"with {SAMPLES_QUEUE} epochs waiting; dropped"))
+
+    def close(self) -> None:
+        """The run ended: every stream ends after what it has."""
+        with self._lock:
+            self._closed = True
+            queues, self._queues = self._queues, []
+        for q in queues:
+            _put_end(q, None)
+
+
+def _put_end(q: queue.Queue, end: object) -> None:
+    """Put a stream's last item, making room for it if the queue is full."""
+    while True:
+        try:
+            q.put_nowait(end)
+            return
+        except queue.Full:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+
+
 class Controller:
     """The queue between gRPC threads and the simulation thread."""
 
@@ -128,6 +195,7 @@ class Controller:
         self._requests: queue.Queue[_Request] = queue.Queue()
         self.paused = False
         self.finished = False
+        self.samples = SampleHub()
 
     # -- gRPC threads ------------------------------------------------------
 
@@ -163,8 +231,9 @@ class Controller:
         return self.poll()
 
     def finish(self) -> None:
-        """The run ended: refuse what is still queued."""
+        """The run ended: refuse what is still queued, end the sample streams."""
         self.finished = True
+        self.samples.close()
         while True:
             try:
                 req = self._requests.get_nowait()
@@ -336,6 +405,30 @@ class Servicer(pb_grpc.ControlServicer):
             summary = self.c.session.final_summary or self.c.call("stats")
             return pb.Stats(json=json.dumps(summary))
         return self._do(context, stats)
+
+    def WatchChmuSamples(self, request, context) -> Iterator[pb.ChmuSamples]:
+        self._guard(context)
+        cfg = self.c.session.spec.timing
+        if cfg is None or not cfg.chmu.enabled or "sample" not in cfg.chmu.tracker.split("+"):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "this run has no CHMU sample tracker (cosim run --timing --chmu "
+                          "tracker=...+sample)")
+        q = self.c.samples.subscribe()
+        try:
+            while context.is_active():
+                try:
+                    batch = q.get(timeout=POLL_PAUSED_S)
+                except queue.Empty:
+                    continue
+                if batch is None:
+                    return
+                if isinstance(batch, RequestError):
+                    context.abort(batch.code, str(batch))
+                yield pb.ChmuSamples(epoch=batch.epoch, end_cycles=batch.end_cycles,
+                                     time_ns=batch.time_ns, address=batch.address,
+                                     types=batch.types, dropped=batch.dropped)
+        finally:
+            self.c.samples.unsubscribe(q)
 
     def WatchProgress(self, request, context) -> Iterator[pb.Status]:
         self._guard(context)

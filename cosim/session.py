@@ -226,7 +226,11 @@ class Session:
             # the board's CXL memory is served by the CXL controllers
             cfg = replace(cfg, memory=replace(cfg.memory, ranges=tuple(cfg.memory.ranges) + tuple(
                 (start, size, "cxl") for start, size in memory.cxl)))
-        return timing_state.build(cfg, c.smp, memory.ram, roi=c.machine.roi())
+        model = timing_state.build(cfg, c.smp, memory.ram, roi=c.machine.roi())
+        if model.chmu is not None and self.controller is not None:
+            # the control plane's WatchChmuSamples streams
+            model.chmu.listeners.append(self.controller.samples.publish)
+        return model
 
     def _on_progress(self, report: Report) -> None:
         """Progress and the published status, every ``PUBLISH_EVERY_S`` of wall time.

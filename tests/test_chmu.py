@@ -244,3 +244,18 @@ def test_samples_go_to_a_file_with_their_type(tmp_path):
     assert lines[1:] == ["0,0,0x0,r", "0,0,0x4000,r", "0,0,0x0,w", "0,0,0x4000,w"]
     with pytest.raises(CosimError, match="cannot write"):
         monitor(f"tracker=sample,samples={tmp_path / 'no' / 'such' / 'dir.csv'}")
+
+
+def test_listeners_get_each_epochs_samples():
+    """The control plane's stream (a listener) gets the rows the sample file gets."""
+    m = monitor("tracker=sample,sample-every=2,epoch=100us")
+    got: list = []
+    m.listeners.append(got.append)
+    m.advance(0)
+    feed(m, np.arange(6), step=1)
+    m.advance(m.next_end)
+    m.advance(m.next_end)
+    assert [b.epoch for b in got] == [0, 1]
+    assert got[0].address == [0, 2 * PAGE, 4 * PAGE] and got[0].types == "rrr"
+    assert got[1].address == [] and got[1].dropped == 0
+

@@ -207,3 +207,43 @@ def test_stubs_match_the_proto(tmp_path: Path) -> None:
     for name in ("control_pb2.py", "control_pb2.pyi", "control_pb2_grpc.py"):
         assert (tmp_path / "cosim" / "v1" / name).read_text() == \
             (REPO / "cosim" / "v1" / name).read_text(), f"regenerate {name} (see the .proto)"
+
+
+def test_chmu_samples_stream_what_the_sample_file_holds(tmp_path: Path) -> None:
+    """WatchChmuSamples gives a host-side daemon each epoch's samples: the same rows, in
+    the same order, as --chmu samples=FILE writes in that run."""
+    csv = tmp_path / "samples.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cosim.cli", "run", "--json", "--kernel", "gups-ws64m-n2m",
+         "--smp", "1", "--timing", "--preset", "cxl-direct", "--max-insns", "20000000",
+         "--chmu", f"tracker=space-saving+sample,sample-every=16,epoch=200us,samples={csv}",
+         "--paused", "--snapshot-dir", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = next(s for s in wait_for_sims(proc.pid) if s["pid"] == proc.pid)
+        with grpc.insecure_channel(f"unix:{info['socket']}") as channel:
+            stub = pb_grpc.ControlStub(channel)
+            stream = stub.WatchChmuSamples(pb.WatchChmuSamplesRequest())
+            time.sleep(0.5)     # the subscription is in place before the run starts
+            stub.Resume(pb.ResumeRequest())
+            batches = list(stream)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    epochs = json.loads(out)["timing"]["chmu"]["epochs"]
+    assert epochs >= 5 and [b.epoch for b in batches] == list(range(epochs))
+    streamed = [f"{b.epoch},{t},{a:#x},{w}" for b in batches
+                for t, a, w in zip(b.time_ns, b.address, b.types)]
+    assert len(streamed) > 1000 and set("".join(b.types for b in batches)) == {"r", "w"}
+    assert streamed == csv.read_text().splitlines()[1:]
+    ends = [b.end_cycles for b in batches]
+    assert ends == sorted(ends) and all(b.dropped == 0 for b in batches)
+
+
+def test_chmu_samples_need_a_sample_tracker(paused_run) -> None:
+    _, stub, _, _, _ = paused_run
+    with pytest.raises(grpc.RpcError) as e:
+        next(stub.WatchChmuSamples(pb.WatchChmuSamplesRequest()))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "tracker=...+sample" in e.value.details()

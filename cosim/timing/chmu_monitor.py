@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -134,6 +134,17 @@ def clear(C: ChmuArrays) -> None:
     reset_sampling(C)
 
 
+class SampleBatch(NamedTuple):
+    """The sample tracker's samples of one epoch, as a sampling host daemon gets them."""
+
+    epoch: int
+    end_cycles: int         # when the epoch ended (simulated cycles)
+    time_ns: list[int]      # per sample: when (simulated ns)
+    address: list[int]      # the sampled unit's host physical address
+    types: str              # per sample: "r" or "w"
+    dropped: int            # samples the buffer had no room for this epoch
+
+
 @dataclass
 class Score:
     """A tracker's accuracy summed over the judged epochs."""
@@ -181,6 +192,8 @@ class Monitor:
     threshold: int = 1              # the device's: configured, then as the guest sets it
     staged: list = field(default_factory=list)      # CFG1, CFG2 at the last two commands
     device: Any = None              # the guest-visible registers (chmu_device.Device), if any
+    #: called with each epoch's SampleBatch (the control plane's sample stream)
+    listeners: list = field(default_factory=list)
 
     def before_command(self) -> None:
         """A command is about to be sent, every vCPU stopped: the device's moment."""
@@ -300,8 +313,12 @@ class Monitor:
         self.history.append(record)
         while len(self.history) > c.report_epochs:
             self.history.popleft()
-        if c.sample_file:
-            self._write_samples()
+        if c.sample_file or self.listeners:
+            batch = self._sample_batch()
+            if c.sample_file:
+                self._write_samples(batch)
+            for listen in self.listeners:
+                listen(batch)
         self.samples_taken += int(C.s[chmu.S_NSAMPLES])
         self.samples_dropped += int(C.s[chmu.S_DROPPED])
         C.s[chmu.S_NSAMPLES] = 0
@@ -315,8 +332,8 @@ class Monitor:
             C.cm[...] = 0
         self.epoch += 1
 
-    def _write_samples(self) -> None:
-        """Append this epoch's samples to ``sample_file``: epoch, time (ns), unit address, r/w."""
+    def _sample_batch(self) -> "SampleBatch":
+        """This epoch's samples: when (ns), which unit (host physical address), read or write."""
         C, c = self.C, self.cfg
         n = int(C.s[chmu.S_NSAMPLES])
         g, write = C.samples[:n] >> 1, C.samples[:n] & 1
@@ -327,10 +344,17 @@ class Monitor:
             mine = g >= first
             addr[mine] = lo + ((g[mine] - first) << shift)
         ns = (C.sample_t[:n] / self.ticks_per_us * 1e3).astype(np.int64)
+        return SampleBatch(self.epoch, self.next_end // TICKS, ns.tolist(), addr.tolist(),
+                           "".join("w" if w else "r" for w in write.tolist()),
+                           int(C.s[chmu.S_DROPPED]))
+
+    def _write_samples(self, batch: "SampleBatch") -> None:
+        """Append an epoch's samples to ``sample_file``: epoch, time (ns), unit address, r/w."""
+        c = self.cfg
         try:
             with open(c.sample_file, "a", encoding="ascii") as f:
-                f.writelines(f"{self.epoch},{t},{a:#x},{'w' if w else 'r'}\n"
-                             for t, a, w in zip(ns.tolist(), addr.tolist(), write.tolist()))
+                f.writelines(f"{batch.epoch},{t},{a:#x},{w}\n"
+                             for t, a, w in zip(batch.time_ns, batch.address, batch.types))
         except OSError as e:
             raise CosimError(f"--chmu samples={c.sample_file}: cannot write: {e.strerror}") from None
 

@@ -158,3 +158,23 @@ class WatchProgressRequest(_message.Message):
     INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     interval_seconds: float
     def __init__(self, interval_seconds: _Optional[float] = ...) -> None: ...
+
+class WatchChmuSamplesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ChmuSamples(_message.Message):
+    __slots__ = ("epoch", "end_cycles", "time_ns", "address", "types", "dropped")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    END_CYCLES_FIELD_NUMBER: _ClassVar[int]
+    TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    end_cycles: int
+    time_ns: _containers.RepeatedScalarFieldContainer[int]
+    address: _containers.RepeatedScalarFieldContainer[int]
+    types: str
+    dropped: int
+    def __init__(self, epoch: _Optional[int] = ..., end_cycles: _Optional[int] = ..., time_ns: _Optional[_Iterable[int]] = ..., address: _Optional[_Iterable[int]] = ..., types: _Optional[str] = ..., dropped: _Optional[int] = ...) -> None: ...

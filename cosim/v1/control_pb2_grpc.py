@@ -79,6 +79,11 @@ class ControlStub:
                 request_serializer=cosim_dot_v1_dot_control__pb2.StopRequest.SerializeToString,
                 response_deserializer=cosim_dot_v1_dot_control__pb2.Status.FromString,
                 _registered_method=True)
+        self.WatchChmuSamples = channel.unary_stream(
+                '/cosim.v1.Control/WatchChmuSamples',
+                request_serializer=cosim_dot_v1_dot_control__pb2.WatchChmuSamplesRequest.SerializeToString,
+                response_deserializer=cosim_dot_v1_dot_control__pb2.ChmuSamples.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -147,6 +152,16 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChmuSamples(self, request, context):
+        """The CHMU sample tracker's samples (cosim run --timing --chmu
+        tracker=...+sample), one message per epoch from the next epoch end
+        until the run finishes: what a sampling host-side daemon (a hot/cold
+        migration policy) consumes. FAILED_PRECONDITION without a sample tracker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +209,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=cosim_dot_v1_dot_control__pb2.StopRequest.FromString,
                     response_serializer=cosim_dot_v1_dot_control__pb2.Status.SerializeToString,
+            ),
+            'WatchChmuSamples': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchChmuSamples,
+                    request_deserializer=cosim_dot_v1_dot_control__pb2.WatchChmuSamplesRequest.FromString,
+                    response_serializer=cosim_dot_v1_dot_control__pb2.ChmuSamples.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +459,33 @@ class Control:
             '/cosim.v1.Control/Stop',
             cosim_dot_v1_dot_control__pb2.StopRequest.SerializeToString,
             cosim_dot_v1_dot_control__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChmuSamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cosim.v1.Control/WatchChmuSamples',
+            cosim_dot_v1_dot_control__pb2.WatchChmuSamplesRequest.SerializeToString,
+            cosim_dot_v1_dot_control__pb2.ChmuSamples.FromString,
             options,
             channel_credentials,
             insecure,
