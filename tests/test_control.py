@@ -211,12 +211,13 @@ def test_stubs_match_the_proto(tmp_path: Path) -> None:
 
 def test_chmu_samples_stream_what_the_sample_file_holds(tmp_path: Path) -> None:
     """WatchChmuSamples gives a host-side daemon each epoch's samples: the same rows, in
-    the same order, as --chmu samples=FILE writes in that run."""
+    the same order, as --chmu samples=FILE writes in that run. (Every 15th access: GUPS
+    alternates a miss and a dirty eviction, so every 16th would see reads only.)"""
     csv = tmp_path / "samples.csv"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cosim.cli", "run", "--json", "--kernel", "gups-ws64m-n2m",
          "--smp", "1", "--timing", "--preset", "cxl-direct", "--max-insns", "20000000",
-         "--chmu", f"tracker=space-saving+sample,sample-every=16,epoch=200us,samples={csv}",
+         "--chmu", f"tracker=space-saving+sample,sample-every=15,epoch=200us,samples={csv}",
          "--paused", "--snapshot-dir", str(tmp_path)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
