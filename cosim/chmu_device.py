@@ -8,7 +8,14 @@ capability (version, instances, instance length), then per instance
 capability, configuration and status registers, a range bitmap and the
 hot-list ring with its head (the guest's) and tail (the device's). Offsets
 beyond the spec's are marked ``X_`` (cosim's: the epochs closed, the
-device's host-physical base and size, entries dropped on overflow).
+device's host-physical base and size, entries dropped on overflow, the unit
+of the hot list last published).
+
+The guest may choose the unit among those CAP2 lists (the configured one
+and every larger power of two to 256 MiB): written to CFG2, it is counted
+from the next epoch, with every counter restarted. X_UNIT tells which unit
+a published list's entries count in, as the list of the epoch in which the
+guest changed CFG2 still counts in the old one.
 
 Determinism: the host writes the file only between commands, when every
 vCPU is stopped, and a hot list is published with the first command
@@ -31,7 +38,7 @@ import numpy as np
 
 from .errors import CosimError
 from .linux_machine import CHMU_BAR_BYTES as BLOCK_BYTES
-from .timing.chmu_monitor import Monitor
+from .timing.chmu_monitor import Monitor, guest_units
 
 VERSION = 1
 
@@ -41,7 +48,7 @@ INSTANCE_BASE = 0x10
 CAP1, CAP2, CAP3, CAP4 = 0x00, 0x08, 0x10, 0x18
 CFG1, CFG2, CFG3 = 0x40, 0x48, 0x50
 STAT, HEAD_TAIL = 0x60, 0x68
-X_EPOCH, X_BASE, X_SIZE, X_DROPPED = 0x70, 0x78, 0x80, 0x88
+X_EPOCH, X_BASE, X_SIZE, X_DROPPED, X_UNIT = 0x70, 0x78, 0x80, 0x88, 0x90
 BITMAP = 0x100                  # one bit per 256 MiB of the device, 16 words: 256 GiB
 HOTLIST = 0x180
 RING_MAX = 4096                 # entries; the instance length must fit 16 bits
@@ -124,7 +131,7 @@ class Device:
             self.mem[:] = bytes(BLOCK_BYTES)
         self._set(COMMON_CAP1, VERSION | len(m.ranges) << 8)
         self._set(COMMON_CAP2, self.instance_len)
-        unit_bit = (c.unit_bytes.bit_length() - 1) - 8
+        units = sum(1 << (u.bit_length() - 1 - 8) for u in guest_units(c))
         ds_bit = c.downsample.bit_length() - 1
         flags = FLAG_EPOCH if c.mode == "epoch" else FLAG_ALWAYS_ON
         for i, (lo, hi) in enumerate(m.ranges):
@@ -132,7 +139,7 @@ class Device:
             self._set(b + CAP1, (REQ_RD | REQ_WR | REQ_ALL) << 8
                       | encode_epoch(100_000_000) << 16 | encode_epoch(100) << 32
                       | self.ring << 48)
-            self._set(b + CAP2, (1 << unit_bit) | (1 << ds_bit) << 32 | flags << 48)
+            self._set(b + CAP2, units | (1 << ds_bit) << 32 | flags << 48)
             self._set(b + CAP3, BITMAP)
             self._set(b + CAP4, HOTLIST)
             # the device's start: hot-list units count from there (the range filter
@@ -164,21 +171,23 @@ class Device:
             m.outbox = [(skip - 1, rec) for skip, rec in m.outbox if skip > 0]
             for rec in due:
                 for inst in rec["instances"]:
-                    self._publish(inst["instance"], rec["epoch"], inst["hot_units"])
+                    self._publish(inst["instance"], rec["epoch"], inst["hot_units"],
+                                  inst.get("unit_bytes", m.unit_bytes))
         b = self._cfg_words
         m.stage((int(self.words[b]), int(self.words[b + 1])))
 
     @staticmethod
     def settings(raw: tuple[int, int]) -> dict:
-        """Enable, threshold and epoch length (us, None if malformed) of CFG1 and CFG2."""
+        """Enable, threshold, epoch length (us, None if malformed) and unit of CFG1 and CFG2."""
         cfg1, cfg2 = raw
         return {"enabled": bool(cfg1 >> 16 & CTRL_ENABLE), "threshold": max(1, cfg1 >> 32),
-                "epoch_us": decode_epoch(cfg2 >> 48)}
+                "epoch_us": decode_epoch(cfg2 >> 48), "unit": cfg2 & 0xFFFF_FFFF}
 
-    def _publish(self, i: int, epoch: int, units: list[list[int]]) -> None:
+    def _publish(self, i: int, epoch: int, units: list[list[int]], unit_bytes: int) -> None:
         """Append one epoch's hot list to instance ``i``'s ring (while enabled)."""
         b = self._base(i)
         self._set(b + X_EPOCH, epoch + 1)
+        self._set(b + X_UNIT, unit_bytes)
         enabled = self._enabled(i)
         stat = self._q(b + STAT)
         stat = (stat & ~0xFFFF) | (STATUS_ENABLED if enabled else 0)

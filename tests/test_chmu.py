@@ -259,3 +259,26 @@ def test_listeners_get_each_epochs_samples():
     assert got[0].address == [0, 2 * PAGE, 4 * PAGE] and got[0].types == "rrr"
     assert got[1].address == [] and got[1].dropped == 0
 
+
+def test_the_guest_may_choose_a_larger_unit():
+    """A unit written to CFG2 counts from the next epoch, with fresh counters; one the
+    capability does not list (smaller than the configured one, not a power of two) is
+    ignored."""
+    from cosim.chmu_device import Device, encode_epoch
+    m = monitor("tracker=space-saving+oracle,unit=4K,counters=64,epoch=100us,threshold=1")
+    m.device = type("Registers", (), {"settings": staticmethod(Device.settings)})()
+    cfg1 = 1 << 16 | 1 << 32
+    m.advance(0)
+    for unit, counted in ((64 << 10, 64 << 10), (2 << 10, 64 << 10), (96 << 10, 64 << 10),
+                          (4 << 10, 4 << 10)):
+        m.stage((cfg1, unit | encode_epoch(100) << 48))
+        m.advance(m.next_end)
+        assert m.unit_bytes == counted and m.C.oracle.sum() == 0
+        t = feed(m, np.array([0, 1, 17, 17, 40]), t0=m.next_end - m.epoch_ticks, step=1)
+        m.advance(t)
+        check_space_saving(m.C.ss)
+        m.advance(m.next_end)
+        listed = m.document()["last_epochs"][-1]["instances"][0]["hot_list"]
+        pages = {0, 1, 17, 40}
+        assert sorted(listed) == sorted({p * PAGE // counted * counted for p in pages}), unit
+    assert m.document()["config"]["device_unit_bytes"] == 4 << 10

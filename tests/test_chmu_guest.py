@@ -8,6 +8,7 @@ must point there.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -125,6 +126,43 @@ def test_bad_chmu_settings_are_one_line(plain):
         assert len(lines) == 1 and says in lines[0], p.stderr
     p = cosim("run", "--snapshot", "boot_done", "--snapshot-dir", str(root), "--chmu", "")
     assert p.returncode != 0 and "need --timing" in p.stderr
+
+
+def test_the_guest_chooses_the_unit(plain, tmp_path):
+    """`chmu config unit=2M` in the guest: counted in 2 MiB units from the next epoch on,
+    hot lists of 2 MiB units inside the hot set; a unit the device does not list is
+    refused in one line in the guest."""
+    root, _ = plain
+    console = tmp_path / "console.txt"
+    out = linux_run(root, "boot_done", "--timing", "--chmu",
+                    "tracker=space-saving+oracle,unit=64K,epoch=1ms,threshold=32,epochs=10",
+                    "--workload", "chmu", "--args", f"config unit=2M -- /workloads/hotcold {HOTCOLD}",
+                    "--numa", "membind=1", "--console", str(console))
+    assert out["workload_exit_code"] == 0
+    chmu = out["timing"]["chmu"]
+    assert chmu["config"]["unit_bytes"] == 64 << 10 and chmu["config"]["device_unit_bytes"] == 2 << 20
+    ranges = hot_ranges(console)
+
+    def hot_share(a: int) -> float:
+        """The share of the 2 MiB unit at ``a`` that is hot set."""
+        return sum(max(0, min(a + (2 << 20), s + n) - max(a, s)) for s, n in ranges) / (2 << 20)
+
+    frames = {s + k - (s + k) % (2 << 20) for s, n in ranges for k in range(0, n, 4096)}
+    full = [a for a in frames if hot_share(a) == 1.0]
+    assert len(full) >= 2, "the hot set fills no 2 MiB unit"
+    for e in loop_epochs(chmu):
+        listed = e["instances"][0]["hot_list"]
+        assert listed and all(a % (2 << 20) == 0 for a in listed), e["epoch"]
+        # the hottest units are (mostly) hot set: 90% of the accesses go to 16 MiB
+        assert all(hot_share(a) >= 0.5 for a in listed[:len(full)]), (e["epoch"], listed)
+        assert e["instances"][0]["accuracy"]["space-saving"]["recall"] >= 0.9
+    bad = cosim("run", "--snapshot", "boot_done", "--snapshot-dir", str(root), "--json",
+                "--timing", "--chmu", "unit=64K", "--workload", "chmu",
+                "--args", "config unit=32K -- /workloads/hotcold -s 1M",
+                "--console", str(tmp_path / "bad.txt"))
+    assert bad.returncode == 1 and json.loads(bad.stdout)["workload_exit_code"] == 2
+    said = [ln for ln in (tmp_path / "bad.txt").read_text().splitlines() if "unit=32K" in ln]
+    assert len(said) == 1 and "want one of the unit sizes info lists" in said[0], said
 
 
 PROMOTE_SPEC = "tracker=space-saving,counters=1024,unit=64K,epoch=1ms,threshold=32"

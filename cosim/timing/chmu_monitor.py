@@ -40,6 +40,9 @@ from .memory import TICKS_PER_CYCLE as TICKS
 HEAT_ROWS = 64              # address bins per instance in the heatmap
 HEAT_EPOCHS = 256           # epochs the heatmap keeps (the last)
 SERIES_EPOCHS = 1 << 14     # epochs whose device accesses and reads are kept (the last)
+#: the largest unit the guest may choose (the range filter's granularity); the
+#: smallest is the configured one, for which the counters are allocated
+MAX_GUEST_UNIT = 256 << 20
 MAX_UNITS = 1 << 25         # oracle counters over all instances (with slot_of and touched: 768 MiB)
 _BITS = {"space-saving": chmu.TR_SPACE_SAVING, "count-min": chmu.TR_COUNT_MIN,
          "sample": chmu.TR_SAMPLE}
@@ -192,6 +195,7 @@ class Monitor:
     threshold: int = 1              # the device's: configured, then as the guest sets it
     staged: list = field(default_factory=list)      # CFG1, CFG2 at the last two commands
     device: Any = None              # the guest-visible registers (chmu_device.Device), if any
+    unit_bytes: int = 0             # the unit counted now: configured, then as the guest sets it
     #: called with each epoch's SampleBatch (the control plane's sample stream)
     listeners: list = field(default_factory=list)
 
@@ -212,7 +216,7 @@ class Monitor:
                 raise CosimError(f"--chmu samples={cfg.chmu.sample_file}: cannot write: "
                                  f"{e.strerror}") from None
         return cls(cfg.chmu, C, ranges, per_us, round(cfg.chmu.epoch_us * per_us),
-                   threshold=cfg.chmu.threshold)
+                   threshold=cfg.chmu.threshold, unit_bytes=cfg.chmu.unit_bytes)
 
     @property
     def trackers(self) -> list[str]:
@@ -252,6 +256,20 @@ class Monitor:
         us = st["epoch_us"]
         if us is not None and 100 <= us <= 100_000_000:
             self.epoch_ticks = round(us * self.ticks_per_us)
+        if st["unit"] != self.unit_bytes and st["unit"] in guest_units(self.cfg):
+            self.unit_bytes = st["unit"]
+            self._apply_unit()
+            clear(self.C)       # counts of the old unit mean nothing in the new one
+
+    def _apply_unit(self) -> None:
+        """The kernels count in ``unit_bytes`` units: the shift, and each instance's first
+        counter (the counters, allocated for the configured unit, hold as many or more)."""
+        shift = self.unit_bytes.bit_length() - 1
+        self.C.p[chmu.CP_UNIT_SHIFT] = shift
+        first = 0
+        for i, (lo, hi) in enumerate(self.ranges):
+            self.C.inst[i, chmu.I_FIRST] = first
+            first += (hi - lo + self.unit_bytes - 1) >> shift
 
     # -- an epoch's end -------------------------------------------------------
 
@@ -265,10 +283,11 @@ class Monitor:
         heat = np.zeros((len(self.ranges), HEAT_ROWS), dtype=np.int64)
         judged: dict[str, list[float]] = {}
         post: dict = {"epoch": self.epoch, "instances": []}
-        shift = c.unit_bytes.bit_length() - 1
+        unit = self.unit_bytes
+        shift = unit.bit_length() - 1
         for i, (lo, hi) in enumerate(self.ranges):
             first = int(C.inst[i, chmu.I_FIRST])
-            units = (hi - lo + c.unit_bytes - 1) >> shift
+            units = (hi - lo + unit - 1) >> shift
             mine = touched[(touched >= first) & (touched < first + units)]
             counts = C.oracle[mine]
             local = mine - first
@@ -283,7 +302,7 @@ class Monitor:
             device_units, device_counts = lists[self.trackers[0]]
             if self.publish:
                 # the unit's index within its device (the range filter may start further in)
-                post["instances"].append({"instance": i, "hot_units": np.stack(
+                post["instances"].append({"instance": i, "unit_bytes": unit, "hot_units": np.stack(
                     [device_units + (c.range_base >> shift), device_counts], 1).tolist()})
             inst: dict = {"instance": i, "accesses": int(C.seen[i, chmu.SEEN_EPOCH]),
                           "reads": int(C.seen[i, chmu.SEEN_EPOCH_READS]),
@@ -334,10 +353,10 @@ class Monitor:
 
     def _sample_batch(self) -> "SampleBatch":
         """This epoch's samples: when (ns), which unit (host physical address), read or write."""
-        C, c = self.C, self.cfg
+        C = self.C
         n = int(C.s[chmu.S_NSAMPLES])
         g, write = C.samples[:n] >> 1, C.samples[:n] & 1
-        shift = c.unit_bytes.bit_length() - 1
+        shift = self.unit_bytes.bit_length() - 1
         addr = np.zeros(n, dtype=np.int64)
         for i, (lo, _) in enumerate(self.ranges):
             first = int(C.inst[i, chmu.I_FIRST])
@@ -384,7 +403,9 @@ class Monitor:
         return {
             "config": {"tracker": c.tracker, "unit_bytes": c.unit_bytes, "epoch_us": c.epoch_us,
                        "threshold": c.threshold, "device_threshold": self.threshold,
-                       "device_epoch_us": round(self.epoch_ticks / self.ticks_per_us, 3), "hot_list": c.hot_list, "counters": c.counters,
+                       "device_epoch_us": round(self.epoch_ticks / self.ticks_per_us, 3),
+                       "device_unit_bytes": self.unit_bytes, "hot_list": c.hot_list,
+                       "counters": c.counters,
                        "counter_bits": c.counter_bits, "access": c.access, "mode": c.mode,
                        "downsample": c.downsample, "cm_depth": c.cm_depth,
                        "cm_width": c.cm_width, "sample_every": c.sample_every,
@@ -420,7 +441,8 @@ class Monitor:
                 "series": list(self.series),
                 "samples": [self.samples_taken, self.samples_dropped],
                 "outbox": [[k, rec] for k, rec in self.outbox], "threshold": self.threshold,
-                "epoch_ticks": self.epoch_ticks, "staged": [list(x) for x in self.staged]}
+                "epoch_ticks": self.epoch_ticks, "staged": [list(x) for x in self.staged],
+                "unit_bytes": self.unit_bytes}
 
     def load(self, st: dict) -> None:
         self.next_end, self.epoch = int(st["next_end"]), int(st["epoch"])
@@ -434,6 +456,18 @@ class Monitor:
         self.outbox = [(int(k), rec) for k, rec in st["outbox"]]
         self.threshold, self.epoch_ticks = int(st["threshold"]), int(st["epoch_ticks"])
         self.staged = [tuple(x) for x in st["staged"]]
+        self.unit_bytes = int(st.get("unit_bytes", self.cfg.unit_bytes))
+        self._apply_unit()
+
+
+def guest_units(c: ChmuConfig) -> list[int]:
+    """The units the guest may choose: the configured one and every larger power of two
+    up to MAX_GUEST_UNIT (the CHMU capability's supported-unit bitmask)."""
+    out, u = [], c.unit_bytes
+    while u <= MAX_GUEST_UNIT:
+        out.append(u)
+        u <<= 1
+    return out
 
 
 def _hot(units: np.ndarray, counts: np.ndarray, threshold: int,

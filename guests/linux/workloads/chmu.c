@@ -2,8 +2,11 @@
  * chmu: the CXL Hotness Monitoring Unit cosim models, from inside the guest.
  *
  *   chmu info                        capabilities, configuration, status
- *   chmu config [enable|disable] [threshold=N] [epoch=TIME]
- *                                    (TIME: 100us .. 100s; takes effect at the next epoch)
+ *   chmu config [enable|disable] [threshold=N] [epoch=TIME] [unit=SIZE]
+ *                                    (TIME: 100us .. 100s; SIZE: one of the unit sizes
+ *                                    info lists; takes effect at the next epoch, and a new
+ *                                    unit restarts the counters); with -- CMD ARGS...,
+ *                                    then runs CMD in its place
  *   chmu dump                        the hot units published since the last dump, as
  *                                    host physical addresses, and consumes them
  *   chmu promote [--rate MB/s] [--node N] [--min-epochs K] [--rescan B] [--thp]
@@ -60,6 +63,7 @@
 #define X_BASE 0x78
 #define X_SIZE 0x80
 #define X_DROPPED 0x88
+#define X_UNIT 0x90
 #define CTRL_ENABLE 1ULL
 #define MPOL_MF_MOVE (1 << 1)
 #define PAGE 4096ULL
@@ -73,7 +77,8 @@ static uint64_t ibase(unsigned i) { return INSTANCE_BASE + i * (rd(COMMON_CAP2) 
 
 static void usage(void)
 {
-    printf("usage: chmu info | config [enable|disable] [threshold=N] [epoch=TIME] | dump\n"
+    printf("usage: chmu info | config [enable|disable] [threshold=N] [epoch=TIME] [unit=SIZE]"
+           " [-- CMD ARGS...] | dump\n"
            "       chmu promote [--rate MB/s] [--node N] [--min-epochs K] [--rescan B] [--thp] [--dry-run] "
            "-- CMD ARGS...\n");
 }
@@ -190,9 +195,14 @@ static int info(void)
 
 static int config(int argc, char **argv)
 {
+    int nset = 0;
+    while (nset < argc && strcmp(argv[nset], "--"))
+        nset++;
+    if (nset < argc && nset + 1 == argc)
+        bad_arg("config ... --: give the command to run after it");
     for (unsigned i = 0; i < ninst(); i++) {
         uint64_t b = ibase(i), cfg1 = rd(b + CFG1), cfg2 = rd(b + CFG2);
-        for (int k = 0; k < argc; k++) {
+        for (int k = 0; k < nset; k++) {
             const char *a = argv[k];
             if (!strcmp(a, "enable"))
                 cfg1 |= CTRL_ENABLE << 16;
@@ -203,13 +213,26 @@ static int config(int argc, char **argv)
                 cfg1 = (cfg1 & 0xffffffffULL) | t << 32;
             } else if (!strncmp(a, "epoch=", 6))
                 cfg2 = (cfg2 & 0x0000ffffffffffffULL) | parse_epoch(a + 6) << 48;
-            else
-                bad_arg("unknown setting %s: want enable, disable, threshold=N or epoch=TIME", a);
+            else if (!strncmp(a, "unit=", 5)) {
+                uint64_t u = parse_num('u', a + 5, 1, 256, 1ULL << 31);
+                uint64_t sizes = (rd(b + CAP2) & 0xffffffffULL) << 8;
+                if (u & (u - 1) || !(sizes & u))
+                    bad_arg("bad unit=%s: want one of the unit sizes info lists (0x%llx: "
+                            "each set bit a size in bytes)", a + 5, (unsigned long long)sizes);
+                cfg2 = (cfg2 & ~0xffffffffULL) | u;
+            } else
+                bad_arg("unknown setting %s: want enable, disable, threshold=N, epoch=TIME or "
+                        "unit=SIZE", a);
         }
         wr(b + CFG1, cfg1);
         wr(b + CFG2, cfg2);
     }
     printf("CONFIG written; it takes effect at the next epoch\n");
+    if (nset < argc) {
+        fflush(stdout);
+        execvp(argv[nset + 1], argv + nset + 1);
+        bad_arg("config -- %s: cannot run it (%s)", argv[nset + 1], strerror(errno));
+    }
     return 0;
 }
 
@@ -231,7 +254,8 @@ static size_t pop(unsigned i, uint64_t *out, size_t cap)
 static void unit_of(unsigned i, uint64_t entry, uint64_t *addr, uint64_t *count, uint64_t *unit)
 {
     uint64_t b = ibase(i), width = rd(b + STAT) >> 32 & 0xff;
-    *unit = rd(b + CFG2) & 0xffffffff;
+    /* the unit the list was counted in (the configured one may have changed since) */
+    *unit = rd(b + X_UNIT) ? rd(b + X_UNIT) : rd(b + CFG2) & 0xffffffff;
     *addr = rd(b + X_BASE) + (entry >> width) * *unit;
     *count = entry & ((1ULL << width) - 1);
 }
