@@ -56,6 +56,8 @@ class MemoryMap:
 
     ram: list[tuple[int, int]]
     cxl: list[tuple[int, int]] = field(default_factory=list)
+    #: the cxl-type3 device's window, if the board has one (it has its own CHMU block)
+    type3: tuple[int, int] | None = None
 
 
 class Board(Protocol):

@@ -59,6 +59,8 @@ COMMAND_BYTES = 4096
 #: the CHMU register file: the PCI BAR's size and its backing file in the run directory
 CHMU_BAR_BYTES = 1 << 20
 CHMU_FILE = "chmu.ram"
+#: the cxl-type3 device's own CHMU register block (its BAR 5, patch 0011): same size
+CHMU_TYPE3_FILE = "chmu-type3.ram"
 IDLE_COMMAND = "idle"
 READY_MARKER = "COSIM-READY"
 NONCE_HEX_DIGITS = 16
@@ -118,6 +120,9 @@ class LinuxBoard:
     #: the CHMU's register file as a small PCI device (``chmu_device``); False for a
     #: guest booted before it had one (a restore must match the booted machine)
     chmu_device: bool = True
+    #: the cxl-type3 device (with ``cxl_bytes``) has its own CHMU register block,
+    #: which holds its window's instance; False for a guest booted before it had one
+    chmu_type3: bool = True
 
     @property
     def nonce(self) -> str | None:
@@ -125,6 +130,11 @@ class LinuxBoard:
         if not self.nonce_markers:
             return None
         return self.running_nonce or marker_nonce(self.nonce_seed, self.command)
+
+    @property
+    def has_type3_chmu(self) -> bool:
+        """Does the machine have a cxl-type3 device with its own CHMU register block?"""
+        return bool(self.cxl_bytes) and self.chmu_device and self.chmu_type3
 
     @property
     def memory_bytes(self) -> int:
@@ -178,11 +188,18 @@ class LinuxBoard:
                      "-numa", f"hmat-lb,initiator=0,target={node},hierarchy=memory,"
                               f"data-type=access-bandwidth,bandwidth={h.bandwidth_mbps[node]}M"]
         if self.cxl_bytes:
+            type3 = "cxl-type3,bus=cxl_rp0,volatile-memdev=cxlmem0,id=cxl-vmem0"
+            if self.has_type3_chmu:
+                # its CHMU block (BAR 5) is this file, which cosim maps too
+                args += ["-object", f"memory-backend-file,id=chmu-type3,share=on,size="
+                                    f"{CHMU_BAR_BYTES >> 20}M,mem-path="
+                                    f"{qemu_opt(command_file.parent / CHMU_TYPE3_FILE)}"]
+                type3 += ",chmu-memdev=chmu-type3"
             args += [
                 "-object", f"memory-backend-ram,id=cxlmem0,share=on,size={self.cxl_bytes >> 20}M",
                 "-device", "pxb-cxl,bus_nr=12,bus=pcie.0,id=cxl.1",
                 "-device", "cxl-rp,port=0,bus=cxl.1,id=cxl_rp0,chassis=0,slot=2",
-                "-device", "cxl-type3,bus=cxl_rp0,volatile-memdev=cxlmem0,id=cxl-vmem0",
+                "-device", type3,
                 "-M", f"cxl-fmw.0.targets.0=cxl.1,cxl-fmw.0.size={CXL_WINDOW_SIZE >> 30}G",
             ]
         if self.chmu_device:
@@ -202,7 +219,7 @@ class LinuxBoard:
                 "firmware": str(self.firmware), "node_bytes": list(self.node_bytes),
                 "cxl_bytes": self.cxl_bytes, "hmat_latency_ns": list(self.hmat.latency_ns),
                 "hmat_bandwidth_mbps": list(self.hmat.bandwidth_mbps),
-                "marker_nonce": self.nonce_markers, "chmu_device": self.chmu_device,
+                "marker_nonce": self.nonce_markers, "chmu_device": self.chmu_device, "chmu_type3": self.chmu_type3,
                 # saved while the guest runs a command: it will print this nonce
                 **({"running_nonce": self.nonce}
                    if self.nonce_markers and (self.running_nonce or self.command != IDLE_COMMAND)
@@ -218,7 +235,8 @@ class LinuxBoard:
                    command=command, nonce_seed=nonce_seed,
                    running_nonce=d.get("running_nonce"),
                    nonce_markers=bool(d.get("marker_nonce")),
-                   chmu_device=bool(d.get("chmu_device")))
+                   chmu_device=bool(d.get("chmu_device")),
+                   chmu_type3=bool(d.get("chmu_type3")))
 
     @property
     def nodes(self) -> list[int]:
@@ -247,11 +265,10 @@ class LinuxBoard:
         """Both nodes' RAM; node 1 and the CXL fixed memory window (placed by QEMU) are CXL."""
         ram = self.node_ranges(0) + self.node_ranges(1)
         cxl = list(self.node_ranges(1))
-        if self.cxl_bytes:
-            window = (cxl_window_base(mtree()), self.cxl_bytes)
-            ram.append(window)
-            cxl.append(window)
-        return MemoryMap(ram=ram, cxl=cxl)
+        if not self.cxl_bytes:
+            return MemoryMap(ram=ram, cxl=cxl)
+        window = (cxl_window_base(mtree()), self.cxl_bytes)
+        return MemoryMap(ram=ram + [window], cxl=cxl + [window], type3=window)
 
     def roi(self) -> tuple[int, int]:
         """No ROI markers: a Linux workload is measured whole."""

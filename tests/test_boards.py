@@ -35,7 +35,7 @@ def test_q35_board_serves_node_1_and_the_cxl_window_from_cxl():
     mtree = "  0000000290000000-000000038fffffff (prio 0, i/o): cxl-fixed-memory-region\n"
     assert board.memory_map(lambda: mtree) == MemoryMap(
         ram=[(0, G), (G, G), (0x2_9000_0000, 256 << 20)],
-        cxl=[(G, G), (0x2_9000_0000, 256 << 20)])
+        cxl=[(G, G), (0x2_9000_0000, 256 << 20)], type3=(0x2_9000_0000, 256 << 20))
     asked = []
     plain = LinuxBoard(kernel=Path("/k"), initrd=Path("/i"), firmware=Path("/fw"))
     assert plain.memory_map(lambda: asked.append(1) or "") == MemoryMap(ram=[(0, G), (G, G)],

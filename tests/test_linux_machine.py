@@ -14,7 +14,7 @@ import pytest
 
 from cosim.errors import CosimError
 from cosim.linux_flow import hmat_of, result_value, workload_command
-from cosim.linux_machine import (COMMAND_BYTES, Hmat, LinuxBoard, cxl_window_base,
+from cosim.linux_machine import (CHMU_TYPE3_FILE, COMMAND_BYTES, Hmat, LinuxBoard, cxl_window_base,
                                  init_report)
 from cosim.timing import config as timing_config
 
@@ -59,6 +59,12 @@ def test_qemu_args_announce_hmat_and_the_command_channel(tmp_path):
     assert "cxl" not in args
     cxl = " ".join(board(cxl_bytes=256 << 20).qemu_args(2, tmp_path / "cmd"))
     assert "cxl=on" in cxl and "volatile-memdev=cxlmem0" in cxl and "cosim.cxl=1" in cxl
+    # the type3 device's CHMU block, unless the guest was booted before it had one
+    assert "chmu-memdev=chmu-type3" in cxl and str(tmp_path / CHMU_TYPE3_FILE) in cxl
+    old = board(cxl_bytes=256 << 20, chmu_type3=False)
+    assert "chmu-memdev" not in " ".join(old.qemu_args(2, tmp_path / "cmd"))
+    assert LinuxBoard.from_description(old.describe()).chmu_type3 is False
+    assert LinuxBoard.from_description(board(cxl_bytes=256 << 20).describe()).chmu_type3
 
 
 def test_command_file_is_fixed_size_and_starts_with_the_nonce():
