@@ -1,8 +1,11 @@
-"""The guest-visible CHMU: a register file with the CXL CHMU layout in a small PCI device.
+"""The guest-visible CHMU: register blocks with the CXL CHMU layout, in the guest's devices.
 
 The Linux board has an ``ivshmem-plain`` PCI device whose BAR 2 is a
 1 MiB file-backed RAM region (``linux_machine.CHMU_FILE`` in QEMU's run directory);
-cosim maps the same file. The registers follow the CXL 3.2 CHMU register
+cosim maps the same file. With a cxl-type3 device, the device has its own
+block of the same layout (QEMU patch 11: its BAR 5, listed in its Register
+Locator DVSEC as block 5, ``CHMU_TYPE3_FILE``), which holds its window's
+instance; the PCI device's holds the others. The registers follow the CXL 3.2 CHMU register
 interface as Linux's proposed ``cxl_hmu`` driver reads it: a common
 capability (version, instances, instance length), then per instance
 capability, configuration and status registers, a range bitmap and the
@@ -84,39 +87,62 @@ def decode_epoch(field: int) -> float | None:
     return float(mult * SCALES_US[scale])
 
 
-class Device:
-    """The register file of every CHMU instance, as the host sees it."""
+class _Block:
+    """One register block: a common capability and the instances it holds, in a mapped file."""
 
-    def __init__(self, path: Path, monitor: Monitor) -> None:
+    def __init__(self, path: Path, instances: list[int], ring: int) -> None:
         try:
             with open(path, "r+b") as f:
                 self.mem = mmap.mmap(f.fileno(), BLOCK_BYTES)
         except (OSError, ValueError) as e:
             raise CosimError(f"CHMU device: cannot map {path}: {e}") from None
-        self.monitor = monitor
-        # the registers as 64-bit words: reading two per command costs ~0.2 us
+        # the registers as 64-bit words: reading a few per command costs ~0.2 us
         self.words = np.frombuffer(self.mem, dtype="<u8")
-        c = monitor.cfg
-        self.ring = min(RING_MAX, max(c.hot_list, 1) * 2)
-        self.instance_len = HOTLIST + 8 * self.ring
-        if INSTANCE_BASE + self.instance_len * len(monitor.ranges) > BLOCK_BYTES:
-            raise CosimError(f"CHMU device: {len(monitor.ranges)} instances do not fit "
+        self.instances = instances
+        self.instance_len = HOTLIST + 8 * ring
+        if INSTANCE_BASE + self.instance_len * len(instances) > BLOCK_BYTES:
+            raise CosimError(f"CHMU device: {len(instances)} instances do not fit "
                              f"{BLOCK_BYTES >> 10} KiB")
-        self._capabilities()
-        self._cfg_words = (self._base(0) + CFG1) // 8     # CFG1, CFG2 of instance 0
 
-    # -- registers -------------------------------------------------------------
-
-    def _q(self, off: int) -> int:
+    def q(self, off: int) -> int:
         return struct.unpack_from("<Q", self.mem, off)[0]
 
-    def _set(self, off: int, value: int) -> None:
+    def set(self, off: int, value: int) -> None:
         struct.pack_into("<Q", self.mem, off, value & (1 << 64) - 1)
 
-    def _base(self, i: int) -> int:
-        return INSTANCE_BASE + i * self.instance_len
+    def base(self, local: int) -> int:
+        return INSTANCE_BASE + local * self.instance_len
 
-    def _capabilities(self) -> None:
+
+class Device:
+    """The register blocks of every CHMU instance, as the host sees them.
+
+    ``blocks`` pairs each register file with the monitor's instances it
+    holds (the PCI device's: the CPU-less CXL node; the cxl-type3 device's:
+    its window). The instances share one configuration, as the model has
+    one epoch clock and one set of counters: what the guest writes to any
+    instance's CFG1/CFG2 (the first that differs from the configuration in
+    force, in instance order) applies to all, and the others' registers are
+    set to it at the same point.
+    """
+
+    def __init__(self, blocks: list[tuple[Path, list[int]]], monitor: Monitor) -> None:
+        self.monitor = monitor
+        c = monitor.cfg
+        self.ring = min(RING_MAX, max(c.hot_list, 1) * 2)
+        self.blocks = [_Block(path, inst, self.ring) for path, inst in blocks]
+        #: (block, local index) of every monitor instance
+        self.where = {i: (b, k) for b in self.blocks for k, i in enumerate(b.instances)}
+        if sorted(self.where) != list(range(len(monitor.ranges))):
+            raise CosimError(f"CHMU device: the register blocks hold instances "
+                             f"{sorted(self.where)}, the monitor has {len(monitor.ranges)}")
+        for b in self.blocks:
+            self._capabilities(b)
+        #: word indices of CFG1 of every instance, in instance order
+        self._cfg_words = [(b, (b.base(k) + CFG1) // 8)
+                           for b, k in (self.where[i] for i in range(len(monitor.ranges)))]
+
+    def _capabilities(self, blk: _Block) -> None:
         """Write what the device is; keep the guest's configuration if the layout still fits.
 
         A restored guest may have configured the unit already (its registers
@@ -124,42 +150,44 @@ class Device:
         starts it afresh with the run's configuration.
         """
         m, c = self.monitor, self.monitor.cfg
-        fresh = (self._q(COMMON_CAP1) >> 8 & 0xFF) != len(m.ranges) \
-            or (self._q(COMMON_CAP2) & 0xFFFF) != self.instance_len \
-            or (self._q(self._base(0) + CAP1) >> 48) != self.ring
+        fresh = (blk.q(COMMON_CAP1) >> 8 & 0xFF) != len(blk.instances) \
+            or (blk.q(COMMON_CAP2) & 0xFFFF) != blk.instance_len \
+            or bool(blk.instances) and (blk.q(blk.base(0) + CAP1) >> 48) != self.ring
         if fresh:
-            self.mem[:] = bytes(BLOCK_BYTES)
-        self._set(COMMON_CAP1, VERSION | len(m.ranges) << 8)
-        self._set(COMMON_CAP2, self.instance_len)
+            blk.mem[:] = bytes(BLOCK_BYTES)
+        blk.set(COMMON_CAP1, VERSION | len(blk.instances) << 8)
+        blk.set(COMMON_CAP2, blk.instance_len)
         units = sum(1 << (u.bit_length() - 1 - 8) for u in guest_units(c))
         ds_bit = c.downsample.bit_length() - 1
         flags = FLAG_EPOCH if c.mode == "epoch" else FLAG_ALWAYS_ON
-        for i, (lo, hi) in enumerate(m.ranges):
-            b = self._base(i)
-            self._set(b + CAP1, (REQ_RD | REQ_WR | REQ_ALL) << 8
-                      | encode_epoch(100_000_000) << 16 | encode_epoch(100) << 32
-                      | self.ring << 48)
-            self._set(b + CAP2, units | (1 << ds_bit) << 32 | flags << 48)
-            self._set(b + CAP3, BITMAP)
-            self._set(b + CAP4, HOTLIST)
+        for k, i in enumerate(blk.instances):
+            lo, hi = m.ranges[i]
+            b = blk.base(k)
+            blk.set(b + CAP1, (REQ_RD | REQ_WR | REQ_ALL) << 8
+                    | encode_epoch(100_000_000) << 16 | encode_epoch(100) << 32
+                    | self.ring << 48)
+            blk.set(b + CAP2, units | (1 << ds_bit) << 32 | flags << 48)
+            blk.set(b + CAP3, BITMAP)
+            blk.set(b + CAP4, HOTLIST)
             # the device's start: hot-list units count from there (the range filter
             # may start counting further in)
-            self._set(b + X_BASE, lo - c.range_base)
-            self._set(b + X_SIZE, hi - lo + c.range_base)
+            blk.set(b + X_BASE, lo - c.range_base)
+            blk.set(b + X_SIZE, hi - lo + c.range_base)
             if fresh:
-                self._set(b + CFG1, _ACCESS_REQ[c.access] | CTRL_ENABLE << 16
-                          | c.threshold << 32)
-                self._set(b + CFG2, c.unit_bytes | ds_bit << 32
-                          | (0 if c.mode == "epoch" else 1) << 40
-                          | encode_epoch(c.epoch_us) << 48)
-                self._set(b + CFG3, 0)
+                blk.set(b + CFG1, _ACCESS_REQ[c.access] | CTRL_ENABLE << 16
+                        | c.threshold << 32)
+                blk.set(b + CFG2, c.unit_bytes | ds_bit << 32
+                        | (0 if c.mode == "epoch" else 1) << 40
+                        | encode_epoch(c.epoch_us) << 48)
+                blk.set(b + CFG3, 0)
                 for w in range(16):
-                    self._set(b + BITMAP + 8 * w, (1 << 64) - 1)
-            self._set(b + STAT, (STATUS_ENABLED if self._enabled(i) else 0)
-                      | c.counter_bits << 32)
+                    blk.set(b + BITMAP + 8 * w, (1 << 64) - 1)
+            blk.set(b + STAT, (STATUS_ENABLED if self._enabled(i) else 0)
+                    | c.counter_bits << 32)
 
     def _enabled(self, i: int) -> bool:
-        return bool(self._q(self._base(i) + CFG1) >> 16 & CTRL_ENABLE)
+        blk, k = self.where[i]
+        return bool(blk.q(blk.base(k) + CFG1) >> 16 & CTRL_ENABLE)
 
     # -- between commands ---------------------------------------------------------
 
@@ -173,8 +201,22 @@ class Device:
                 for inst in rec["instances"]:
                     self._publish(inst["instance"], rec["epoch"], inst["hot_units"],
                                   inst.get("unit_bytes", m.unit_bytes))
-        b = self._cfg_words
-        m.stage((int(self.words[b]), int(self.words[b + 1])))
+        m.stage(self._guest_settings())
+
+    def _guest_settings(self) -> tuple[int, int]:
+        """CFG1 and CFG2 as the guest last set them, on every instance alike.
+
+        The configuration in force is the last one staged (in snapshots, as
+        the registers are): the first instance whose words differ from it
+        was written by the guest since, and every instance now shows that.
+        """
+        raws = [(int(blk.words[w]), int(blk.words[w + 1])) for blk, w in self._cfg_words]
+        prev = self.monitor.staged[-1] if self.monitor.staged else raws[0]
+        raw = next((r for r in raws if r != prev), prev)
+        for (blk, w), r in zip(self._cfg_words, raws):
+            if r != raw:
+                blk.words[w], blk.words[w + 1] = raw
+        return raw
 
     @staticmethod
     def settings(raw: tuple[int, int]) -> dict:
@@ -185,17 +227,18 @@ class Device:
 
     def _publish(self, i: int, epoch: int, units: list[list[int]], unit_bytes: int) -> None:
         """Append one epoch's hot list to instance ``i``'s ring (while enabled)."""
-        b = self._base(i)
-        self._set(b + X_EPOCH, epoch + 1)
-        self._set(b + X_UNIT, unit_bytes)
+        blk, k = self.where[i]
+        b = blk.base(k)
+        blk.set(b + X_EPOCH, epoch + 1)
+        blk.set(b + X_UNIT, unit_bytes)
         enabled = self._enabled(i)
-        stat = self._q(b + STAT)
+        stat = blk.q(b + STAT)
         stat = (stat & ~0xFFFF) | (STATUS_ENABLED if enabled else 0)
         if not enabled:
-            self._set(b + STAT, stat)
+            blk.set(b + STAT, stat)
             return
         width = self.monitor.cfg.counter_bits
-        ht = self._q(b + HEAD_TAIL)
+        ht = blk.q(b + HEAD_TAIL)
         head, tail = ht & 0xFFFF, ht >> 16 & 0xFFFF
         dropped = 0
         for unit, count in units:
@@ -203,12 +246,12 @@ class Device:
             if nxt == head % self.ring:
                 dropped += 1
                 continue
-            self._set(b + HOTLIST + 8 * tail, unit << width | min(count, (1 << width) - 1))
+            blk.set(b + HOTLIST + 8 * tail, unit << width | min(count, (1 << width) - 1))
             tail = nxt
         if dropped:
             stat |= OVERFLOW_HOTLIST << 40
-            self._set(b + X_DROPPED, self._q(b + X_DROPPED) + dropped)
-        self._set(b + STAT, stat)
+            blk.set(b + X_DROPPED, blk.q(b + X_DROPPED) + dropped)
+        blk.set(b + STAT, stat)
         # the tail alone: the head's half-word is the guest's
-        struct.pack_into("<H", self.mem, b + HEAD_TAIL + 2, tail)
+        struct.pack_into("<H", blk.mem, b + HEAD_TAIL + 2, tail)
 

@@ -23,10 +23,11 @@ import msgpack
 
 from . import __version__, paths
 from . import snapshot as snap
+from .boards import MemoryMap
 from .errors import CosimError
 from .libqflex_bridge import Bridge, QemuConfig, Report, qemu_binary
 from .chmu_device import Device
-from .linux_machine import CHMU_FILE, LinuxBoard
+from .linux_machine import CHMU_FILE, CHMU_TYPE3_FILE, LinuxBoard
 from .progress import Progress
 from .quantum import Schedule, run_round_robin
 from .timing import chmu, chmu_monitor
@@ -90,6 +91,7 @@ class Session:
         self.bridge = Bridge(self.config, console=spec.console)
         self.schedule = Schedule(self.config.smp)
         self.model: timing_state.Model | None = None
+        self._memory: MemoryMap | None = None     # the board's, as the model was built on
         self.engine: TimingRun | None = None
         self.controller: Controller | None = None
         self.state = "starting"
@@ -203,7 +205,16 @@ class Session:
             self.notes.append("the guest has no CHMU device (a bare-metal guest, or a Linux "
                               "guest booted before it had one): hot lists are reported here only")
             return
-        monitor.device = Device(self.bridge.command_file.parent / CHMU_FILE, monitor)
+        run_dir = self.bridge.command_file.parent
+        window = self._memory.type3 if board.has_type3_chmu and self._memory else None
+        # the cxl-type3 window's instance is in the device's own block, the rest in the
+        # PCI device's
+        type3 = [i for i, (lo, hi) in enumerate(monitor.ranges)
+                 if window is not None and window[0] <= lo and hi <= window[0] + window[1]]
+        blocks = [(run_dir / CHMU_FILE, [i for i in range(len(monitor.ranges)) if i not in type3])]
+        if window is not None:
+            blocks.append((run_dir / CHMU_TYPE3_FILE, type3))
+        monitor.device = Device(blocks, monitor)
         monitor.publish = True
 
     @property
@@ -220,7 +231,7 @@ class Session:
     def _build_model(self) -> timing_state.Model:
         assert self.spec.timing is not None
         c = self.config
-        memory = c.machine.memory_map(lambda: self.bridge.hmp("info mtree -f"))
+        memory = self._memory = c.machine.memory_map(lambda: self.bridge.hmp("info mtree -f"))
         cfg = self.spec.timing
         if memory.cxl:
             # the board's CXL memory is served by the CXL controllers

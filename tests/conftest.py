@@ -78,6 +78,13 @@ def linux_plain(tmp_path_factory) -> tuple[Path, str]:
     return root, linux_boot(root, "boot_done")
 
 
+@pytest.fixture(scope="session")
+def linux_cxl(tmp_path_factory) -> tuple[Path, str]:
+    """One Linux boot with a cxl-type3 device (``boot_cxl``, ``cosim boot --cxl``)."""
+    root = tmp_path_factory.mktemp("linux-cxl-snapshots")
+    return root, linux_boot(root, "boot_cxl", "--cxl")
+
+
 def linux_run(root: Path, name: str, *args: str) -> dict:
     """``cosim run --snapshot NAME --json ...``: the summary."""
     proc = cosim("run", "--snapshot", name, "--snapshot-dir", str(root), "--json", *args,

@@ -282,3 +282,40 @@ def test_the_guest_may_choose_a_larger_unit():
         pages = {0, 1, 17, 40}
         assert sorted(listed) == sorted({p * PAGE // counted * counted for p in pages}), unit
     assert m.document()["config"]["device_unit_bytes"] == 4 << 10
+
+
+def test_register_blocks_hold_their_instances_and_share_the_configuration(tmp_path):
+    """Two blocks (the PCI device's and a cxl-type3 device's), an instance each: hot lists
+    land in the block of their instance, and a configuration the guest writes to either
+    block is adopted and shown by both."""
+    from cosim import chmu_device as dev
+    cfg = chmu_spec.apply(config.load("cxl-direct"),
+                          "tracker=space-saving,unit=4K,counters=64,epoch=100us,threshold=1")
+    C, ranges = chmu_monitor.allocate(cfg, [(0, 128 << 20), (1 << 32, 128 << 20)])
+    m = chmu_monitor.Monitor.create(cfg, C, ranges)
+    files = []
+    for name in ("pci.ram", "type3.ram"):
+        files.append(tmp_path / name)
+        files[-1].write_bytes(bytes(dev.BLOCK_BYTES))
+    m.device = d = dev.Device([(files[0], [0]), (files[1], [1])], m)
+    m.publish = True
+    pci, t3 = d.blocks
+    base = dev.INSTANCE_BASE
+    for blk, lo in ((pci, 0), (t3, 1 << 32)):
+        assert blk.q(dev.COMMON_CAP1) >> 8 & 0xFF == 1
+        assert blk.q(base + dev.X_BASE) == lo
+    m.advance(0)
+    t = feed(m, np.array([(1 << 32) // PAGE + 3] * 5), t0=0, step=1)
+    m.advance(max(t, m.next_end))
+    d.deliver()
+    tails = [blk.q(base + dev.HEAD_TAIL) >> 16 & 0xFFFF for blk in (pci, t3)]
+    assert tails == [0, 1], "the hot unit is the type3 window's"
+    assert t3.q(base + dev.HOTLIST) >> cfg.chmu.counter_bits == 3
+    for written, other, threshold in ((t3, pci, 77), (pci, t3, 5)):
+        cfg1 = written.q(base + dev.CFG1)
+        written.set(base + dev.CFG1, cfg1 & 0xFFFF_FFFF | threshold << 32)
+        d.deliver()
+        assert m.staged[-1][0] >> 32 == threshold
+        assert other.q(base + dev.CFG1) >> 32 == threshold, "both blocks show it"
+        m.advance(m.next_end)
+        assert m.threshold == threshold

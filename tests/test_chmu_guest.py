@@ -204,3 +204,40 @@ def test_live_promotion_moves_the_hot_set_to_dram(plain, tmp_path):
     before = second_half_reads(base[0]["timing"]["chmu"])
     after = second_half_reads(first[0]["timing"]["chmu"])
     assert after <= 0.5 * before, (before, after)
+
+
+def test_the_cxl_type3_device_has_its_own_chmu(linux_cxl, tmp_path):
+    """With a cxl-type3 device the guest finds the window's CHMU instance in the device's own
+    register block (Register Locator entry 5, BAR 5), the CPU-less node's in the PCI device,
+    and ``chmu promote`` moves hot pages off the type3 window reading that block alone."""
+    root, _ = linux_cxl
+    console = tmp_path / "info.txt"
+    out = linux_run(root, "boot_cxl", "--timing", "--chmu", PROMOTE_SPEC, "--workload", "chmu",
+                    "--args", "info", "--console", str(console))
+    assert out["workload_exit_code"] == 0, console.read_text()[-2000:]
+    instances = out["timing"]["chmu"]["instances"]
+    assert len(instances) == 2, instances               # node 1, the type3 window
+    text = console.read_text()
+    found = {int(i): (where, int(base, 16), int(size, 16)) for i, where, base, size in re.findall(
+        r"^instance (\d+): in=(.+?) version=1 .*? base=(0x[0-9a-f]+) size=(0x[0-9a-f]+)", text,
+        re.M)}
+    assert set(found) == {0, 1}, text[-2000:]
+    assert found[0][0].startswith("pci ") and found[0][0].endswith(" BAR2"), found
+    assert re.fullmatch(r"cxl-type3 \S+ BAR5\+0x0", found[1][0]), found
+    window = instances[1]
+    assert found[1][1:] == (int(window["start"], 16),
+                            int(window["end"], 16) - int(window["start"], 16)), (found, window)
+
+    console = tmp_path / "promote.txt"
+    out = linux_run(root, "boot_cxl", "--timing", "--chmu", PROMOTE_SPEC, "--numa", "preferred=2",
+                    "--workload", "chmu", "--args", f"promote -- {PROMOTE_HOTCOLD}",
+                    "--console", str(console))
+    text = console.read_text()
+    assert out["workload_exit_code"] == 0, text[-2000:]
+    lo, hi = (int(window[k], 16) for k in ("start", "end"))
+    listed = [a for e in out["timing"]["chmu"]["last_epochs"] for inst in e["instances"]
+              if inst["instance"] == 1 for a in inst["hot_list"]]
+    assert listed and all(lo <= a < hi for a in listed), "the window's instance lists its units"
+    done = re.findall(r"^PROMOTE done .*$", text, re.M)
+    assert done, text[-2000:]
+    assert int(re.search(r"moved=(\d+)", done[-1]).group(1)) >= (16 << 20) // 4096, done

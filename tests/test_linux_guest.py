@@ -37,9 +37,8 @@ def plain(linux_plain) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def with_cxl(tmp_path_factory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("linux-cxl-snapshots")
-    return root, linux_boot(root, "boot_cxl", "--cxl")
+def with_cxl(linux_cxl) -> tuple[Path, str]:
+    return linux_cxl
 
 
 def tiers(report: str) -> dict[int, int]:

@@ -21,10 +21,13 @@
  *                                    --dry-run finds the pages but moves none (the same
  *                                    run without promotion, for comparison)
  *
- * The device is a PCI device (ivshmem-plain, 1af4:1110) whose BAR 2 holds the
- * CHMU registers (layout: cosim/chmu_device.py, after the CXL 3.2 CHMU register
- * interface); it is mapped through sysfs. Hot-list entries are the unit's index
- * within the device above the counter width and its count below.
+ * The CHMU registers (layout: cosim/chmu_device.py, after the CXL 3.2 CHMU
+ * register interface) are in register blocks, mapped through sysfs: BAR 2 of a
+ * PCI device (ivshmem-plain, 1af4:1110; the CPU-less CXL node's instances), and
+ * in each cxl-type3 device (class 0x050210) the block its Register Locator DVSEC
+ * lists with identifier 5 (its window's instance). Instances are numbered across
+ * blocks in that order (type3 devices by PCI address). Hot-list entries are the
+ * unit's index within the device above the counter width and its count below.
  *
  * promote maps hot physical units to CMD's virtual pages through
  * /proc/PID/maps and /proc/PID/pagemap (root reads PFNs), read again every B
@@ -68,12 +71,23 @@
 #define MPOL_MF_MOVE (1 << 1)
 #define PAGE 4096ULL
 
-static volatile uint8_t *regs;
+/* every instance of every register block: where its registers start */
+#define MAX_INST 16
+static struct inst {
+    volatile uint8_t *block;
+    uint64_t base;
+    char where[64];
+} inst[MAX_INST];
+static unsigned ninst;
 
-static uint64_t rd(uint64_t off) { return *(volatile uint64_t *)(regs + off); }
-static void wr(uint64_t off, uint64_t v) { *(volatile uint64_t *)(regs + off) = v; }
-static unsigned ninst(void) { return (unsigned)(rd(COMMON_CAP1) >> 8 & 0xff); }
-static uint64_t ibase(unsigned i) { return INSTANCE_BASE + i * (rd(COMMON_CAP2) & 0xffff); }
+static uint64_t rd(unsigned i, uint64_t off)
+{
+    return *(volatile uint64_t *)(inst[i].block + inst[i].base + off);
+}
+static void wr(unsigned i, uint64_t off, uint64_t v)
+{
+    *(volatile uint64_t *)(inst[i].block + inst[i].base + off) = v;
+}
 
 static void usage(void)
 {
@@ -93,50 +107,129 @@ static int read_hex_file(const char *path, unsigned *out)
     return ok ? 0 : -1;
 }
 
-/* Map BAR 2 of the first 1af4:1110 PCI device. */
-static void map_device(void)
+/* Map BAR `bar` of PCI device `dev` from `offset`; NULL when it cannot. */
+static volatile uint8_t *map_bar(const char *dev, int bar, uint64_t offset)
 {
-    DIR *d = opendir("/sys/bus/pci/devices");
-    struct dirent *e;
     char path[512];
-    while (d && (e = readdir(d))) {
-        unsigned vendor, device;
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/vendor", e->d_name);
-        if (read_hex_file(path, &vendor) || vendor != 0x1af4)
-            continue;
-        snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/device", e->d_name);
-        if (read_hex_file(path, &device) || device != 0x1110)
-            continue;
-        snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/enable", e->d_name);
-        int en = open(path, O_WRONLY);
-        if (en >= 0) {
-            if (write(en, "1", 1) < 0) { /* already enabled, or not needed */ }
-            close(en);
-        }
-        snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/resource2", e->d_name);
-        int fd = open(path, O_RDWR | O_SYNC);
-        if (fd < 0)
-            break;
-        void *p = mmap(NULL, BLOCK_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        close(fd);
-        if (p == MAP_FAILED)
-            break;
-        closedir(d);
-        regs = p;
-        if ((rd(COMMON_CAP1) & 0xf) == 0) {
-            fprintf(stderr, "chmu: the device has no CHMU registers yet (run under "
-                            "cosim run --timing --chmu)\n");
-            exit(1);
-        }
-        return;
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/enable", dev);
+    int en = open(path, O_WRONLY);
+    if (en >= 0) {
+        if (write(en, "1", 1) < 0) { /* already enabled, or not needed */ }
+        close(en);
     }
-    if (d)
-        closedir(d);
-    fprintf(stderr, "chmu: no CHMU device (PCI 1af4:1110) in this guest (boot it with a "
-                    "current cosim boot)\n");
-    exit(1);
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/resource%d", dev, bar);
+    int fd = open(path, O_RDWR | O_SYNC);
+    if (fd < 0)
+        return NULL;
+    void *p = mmap(NULL, BLOCK_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
+    close(fd);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Add the instances of the register block at p; returns 0 if it has no registers yet. */
+static int add_block(volatile uint8_t *p, const char *where)
+{
+    uint64_t cap1 = *(volatile uint64_t *)(p + COMMON_CAP1);
+    uint64_t len = *(volatile uint64_t *)(p + COMMON_CAP2) & 0xffff;
+    if ((cap1 & 0xf) == 0)
+        return 0;
+    for (unsigned k = 0; k < (cap1 >> 8 & 0xff) && ninst < MAX_INST; k++, ninst++) {
+        inst[ninst].block = p;
+        inst[ninst].base = INSTANCE_BASE + k * len;
+        snprintf(inst[ninst].where, sizeof inst[ninst].where, "%s", where);
+    }
+    return 1;
+}
+
+/* The CHMU block of a CXL device: a Register Locator DVSEC entry with identifier 5. */
+static int cxl_block(const char *dev, int *bar, uint64_t *offset)
+{
+    char path[512];
+    uint8_t cfg[4096];
+    snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/config", dev);
+    int fd = open(path, O_RDONLY);
+    ssize_t n = fd >= 0 ? pread(fd, cfg, sizeof cfg, 0) : -1;
+    if (fd >= 0)
+        close(fd);
+    for (unsigned at = 0x100, hops = 0; n == (ssize_t)sizeof cfg && at && at + 12 <= sizeof cfg
+             && hops < 64; hops++) {
+        uint32_t hdr, hdr1, hdr2;
+        memcpy(&hdr, cfg + at, 4);
+        memcpy(&hdr1, cfg + at + 4, 4);
+        memcpy(&hdr2, cfg + at + 8, 4);
+        /* DVSEC (0x23) of the CXL consortium (0x1e98), Register Locator (8) */
+        if ((hdr & 0xffff) == 0x23 && (hdr1 & 0xffff) == 0x1e98 && (hdr2 & 0xffff) == 8) {
+            unsigned len = hdr1 >> 20;
+            for (unsigned e = at + 12; e + 8 <= at + len && e + 8 <= sizeof cfg; e += 8) {
+                uint32_t lo, hi;
+                memcpy(&lo, cfg + e, 4);
+                memcpy(&hi, cfg + e + 4, 4);
+                if ((lo >> 8 & 0xff) == 5) {
+                    *bar = (int)(lo & 7);
+                    *offset = (uint64_t)hi << 32 | (lo & 0xffff0000u);
+                    return 1;
+                }
+            }
+        }
+        at = hdr >> 20;
+    }
+    return 0;
+}
+
+/* Find every CHMU register block: the cosim PCI device's, then each CXL type-3 device's. */
+static void map_devices(void)
+{
+    struct dirent **names;
+    int n = scandir("/sys/bus/pci/devices", &names, NULL, alphasort);
+    int blocks = 0, empty = 0;
+    char path[512], where[64];
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < n; k++) {
+            const char *dev = names[k]->d_name;
+            unsigned vendor, device, class;
+            if (dev[0] == '.')
+                continue;
+            snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/vendor", dev);
+            if (read_hex_file(path, &vendor))
+                continue;
+            snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/device", dev);
+            if (read_hex_file(path, &device))
+                continue;
+            snprintf(path, sizeof path, "/sys/bus/pci/devices/%s/class", dev);
+            if (read_hex_file(path, &class))
+                continue;
+            volatile uint8_t *p = NULL;
+            if (pass == 0 && vendor == 0x1af4 && device == 0x1110) {
+                p = map_bar(dev, 2, 0);
+                snprintf(where, sizeof where, "pci %s BAR2", dev);
+            } else if (pass == 1 && class == 0x050210) {
+                int bar;
+                uint64_t offset;
+                if (!cxl_block(dev, &bar, &offset))
+                    continue;
+                p = map_bar(dev, bar, offset);
+                snprintf(where, sizeof where, "cxl-type3 %s BAR%d+0x%llx", dev, bar,
+                         (unsigned long long)offset);
+            }
+            if (!p)
+                continue;
+            blocks++;
+            empty += !add_block(p, where);
+        }
+    for (int k = 0; k < n; k++)
+        free(names[k]);
+    if (n >= 0)
+        free(names);
+    if (blocks && !ninst && empty) {
+        fprintf(stderr, "chmu: the device has no CHMU registers yet (run under "
+                        "cosim run --timing --chmu)\n");
+        exit(1);
+    }
+    if (!ninst) {
+        fprintf(stderr, "chmu: no CHMU device (PCI 1af4:1110, or a cxl-type3 device with a "
+                        "CHMU block) in this guest (boot it with a current cosim boot)\n");
+        exit(1);
+    }
 }
 
 static const uint64_t scale_us[6] = {0, 100, 1000, 10000, 100000, 1000000};
@@ -166,16 +259,17 @@ static uint64_t parse_epoch(const char *text)
 
 static int info(void)
 {
-    printf("CHMU version=%llu instances=%u instance_bytes=%llu\n",
-           (unsigned long long)(rd(COMMON_CAP1) & 0xf), ninst(),
-           (unsigned long long)(rd(COMMON_CAP2) & 0xffff));
-    for (unsigned i = 0; i < ninst(); i++) {
-        uint64_t b = ibase(i), cap1 = rd(b + CAP1), cap2 = rd(b + CAP2);
-        uint64_t cfg1 = rd(b + CFG1), cfg2 = rd(b + CFG2), stat = rd(b + STAT);
-        uint64_t ht = rd(b + HEAD_TAIL);
-        printf("instance %u: base=0x%llx size=0x%llx hotlist_entries=%llu "
-               "epoch_us=%llu..%llu unit_sizes=0x%llx\n", i,
-               (unsigned long long)rd(b + X_BASE), (unsigned long long)rd(b + X_SIZE),
+    printf("CHMU instances=%u\n", ninst);
+    for (unsigned i = 0; i < ninst; i++) {
+        volatile uint8_t *blk = inst[i].block;
+        uint64_t cap1 = rd(i, CAP1), cap2 = rd(i, CAP2);
+        uint64_t cfg1 = rd(i, CFG1), cfg2 = rd(i, CFG2), stat = rd(i, STAT);
+        uint64_t ht = rd(i, HEAD_TAIL);
+        printf("instance %u: in=%s version=%llu instance_bytes=%llu base=0x%llx size=0x%llx "
+               "hotlist_entries=%llu epoch_us=%llu..%llu unit_sizes=0x%llx\n", i, inst[i].where,
+               (unsigned long long)(*(volatile uint64_t *)(blk + COMMON_CAP1) & 0xf),
+               (unsigned long long)(*(volatile uint64_t *)(blk + COMMON_CAP2) & 0xffff),
+               (unsigned long long)rd(i, X_BASE), (unsigned long long)rd(i, X_SIZE),
                (unsigned long long)(cap1 >> 48), (unsigned long long)epoch_us(cap1 >> 32 & 0xffff),
                (unsigned long long)epoch_us(cap1 >> 16 & 0xffff),
                (unsigned long long)((cap2 & 0xffffffff) << 8));
@@ -187,8 +281,8 @@ static int info(void)
         printf("  status: %s counter_bits=%llu overflow=%llu epochs=%llu head=%llu tail=%llu "
                "dropped=%llu\n", (stat & 1) ? "enabled" : "disabled",
                (unsigned long long)(stat >> 32 & 0xff), (unsigned long long)(stat >> 40 & 0xff),
-               (unsigned long long)rd(b + X_EPOCH), (unsigned long long)(ht & 0xffff),
-               (unsigned long long)(ht >> 16 & 0xffff), (unsigned long long)rd(b + X_DROPPED));
+               (unsigned long long)rd(i, X_EPOCH), (unsigned long long)(ht & 0xffff),
+               (unsigned long long)(ht >> 16 & 0xffff), (unsigned long long)rd(i, X_DROPPED));
     }
     return 0;
 }
@@ -200,8 +294,8 @@ static int config(int argc, char **argv)
         nset++;
     if (nset < argc && nset + 1 == argc)
         bad_arg("config ... --: give the command to run after it");
-    for (unsigned i = 0; i < ninst(); i++) {
-        uint64_t b = ibase(i), cfg1 = rd(b + CFG1), cfg2 = rd(b + CFG2);
+    for (unsigned i = 0; i < ninst; i++) {
+        uint64_t cfg1 = rd(i, CFG1), cfg2 = rd(i, CFG2);
         for (int k = 0; k < nset; k++) {
             const char *a = argv[k];
             if (!strcmp(a, "enable"))
@@ -215,7 +309,7 @@ static int config(int argc, char **argv)
                 cfg2 = (cfg2 & 0x0000ffffffffffffULL) | parse_epoch(a + 6) << 48;
             else if (!strncmp(a, "unit=", 5)) {
                 uint64_t u = parse_num('u', a + 5, 1, 256, 1ULL << 31);
-                uint64_t sizes = (rd(b + CAP2) & 0xffffffffULL) << 8;
+                uint64_t sizes = (rd(i, CAP2) & 0xffffffffULL) << 8;
                 if (u & (u - 1) || !(sizes & u))
                     bad_arg("bad unit=%s: want one of the unit sizes info lists (0x%llx: "
                             "each set bit a size in bytes)", a + 5, (unsigned long long)sizes);
@@ -224,8 +318,8 @@ static int config(int argc, char **argv)
                 bad_arg("unknown setting %s: want enable, disable, threshold=N, epoch=TIME or "
                         "unit=SIZE", a);
         }
-        wr(b + CFG1, cfg1);
-        wr(b + CFG2, cfg2);
+        wr(i, CFG1, cfg1);
+        wr(i, CFG2, cfg2);
     }
     printf("CONFIG written; it takes effect at the next epoch\n");
     if (nset < argc) {
@@ -239,34 +333,34 @@ static int config(int argc, char **argv)
 /* Pop instance i's published entries into out (at most cap); returns how many. */
 static size_t pop(unsigned i, uint64_t *out, size_t cap)
 {
-    uint64_t b = ibase(i), ring = rd(b + CAP1) >> 48, ht = rd(b + HEAD_TAIL);
-    uint64_t head = ht & 0xffff, tail = ht >> 16 & 0xffff, list = rd(b + CAP4);
+    uint64_t ring = rd(i, CAP1) >> 48, ht = rd(i, HEAD_TAIL);
+    uint64_t head = ht & 0xffff, tail = ht >> 16 & 0xffff, list = rd(i, CAP4);
     size_t n = 0;
     while (head != tail && ring) {
         if (n < cap)
-            out[n++] = rd(b + list + 8 * head);
+            out[n++] = rd(i, list + 8 * head);
         head = (head + 1) % ring;
     }
-    *(volatile uint16_t *)(regs + b + HEAD_TAIL) = (uint16_t)head;
+    *(volatile uint16_t *)(inst[i].block + inst[i].base + HEAD_TAIL) = (uint16_t)head;
     return n;
 }
 
 static void unit_of(unsigned i, uint64_t entry, uint64_t *addr, uint64_t *count, uint64_t *unit)
 {
-    uint64_t b = ibase(i), width = rd(b + STAT) >> 32 & 0xff;
+    uint64_t width = rd(i, STAT) >> 32 & 0xff;
     /* the unit the list was counted in (the configured one may have changed since) */
-    *unit = rd(b + X_UNIT) ? rd(b + X_UNIT) : rd(b + CFG2) & 0xffffffff;
-    *addr = rd(b + X_BASE) + (entry >> width) * *unit;
+    *unit = rd(i, X_UNIT) ? rd(i, X_UNIT) : rd(i, CFG2) & 0xffffffff;
+    *addr = rd(i, X_BASE) + (entry >> width) * *unit;
     *count = entry & ((1ULL << width) - 1);
 }
 
 static int dump(void)
 {
     static uint64_t e[1 << 16];
-    for (unsigned i = 0; i < ninst(); i++) {
+    for (unsigned i = 0; i < ninst; i++) {
         size_t n = pop(i, e, 1 << 16);
         printf("DUMP instance=%u epochs=%llu units=%zu\n", i,
-               (unsigned long long)rd(ibase(i) + X_EPOCH), n);
+               (unsigned long long)rd(i, X_EPOCH), n);
         for (size_t k = 0; k < n; k++) {
             uint64_t addr, count, unit;
             unit_of(i, e[k], &addr, &count, &unit);
@@ -385,20 +479,25 @@ static int promote(int argc, char **argv)
 
     /* a fresh start: enabled, nothing left over from before */
     static uint64_t e[1 << 16];
-    for (unsigned i = 0; i < ninst(); i++) {
-        wr(ibase(i) + CFG1, rd(ibase(i) + CFG1) | CTRL_ENABLE << 16);
+    for (unsigned i = 0; i < ninst; i++) {
+        wr(i, CFG1, rd(i, CFG1) | CTRL_ENABLE << 16);
         pop(i, e, 0);
     }
-    uint64_t ep_us = epoch_us(rd(ibase(0) + CFG2) >> 48);
+    uint64_t ep_us = epoch_us(rd(0, CFG2) >> 48);
     if (!ep_us)
         ep_us = 1000;
     uint64_t budget = rate ? rate * ep_us : UINT64_MAX;     /* MB/s x us = bytes */
 
-    /* per unit of instance 0: the batch that last named it and how many in a row */
-    uint64_t units = (rd(ibase(0) + X_SIZE)) / (rd(ibase(0) + CFG2) & 0xffffffff);
-    uint32_t *last = calloc(units, sizeof *last), *streak = calloc(units, sizeof *streak);
-    if (!last || !streak)
-        bad_arg("promote: cannot track %llu units", (unsigned long long)units);
+    /* per unit of each instance: the batch that last named it and how many in a row */
+    uint64_t units[MAX_INST];
+    uint32_t *last[MAX_INST], *streak[MAX_INST];
+    for (unsigned i = 0; i < ninst; i++) {
+        units[i] = rd(i, X_SIZE) / (rd(i, CFG2) & 0xffffffff);
+        last[i] = calloc(units[i], sizeof *last[i]);
+        streak[i] = calloc(units[i], sizeof *streak[i]);
+        if (!last[i] || !streak[i])
+            bad_arg("promote: cannot track %llu units", (unsigned long long)units[i]);
+    }
 
     pid_t pid = fork();
     if (pid < 0) {
@@ -416,7 +515,7 @@ static int promote(int argc, char **argv)
     static struct range r[1 << 16];
     static void *va[1 << 16];
     static int nodes[1 << 16], status[1 << 16];
-    uint64_t seen_epoch = rd(ibase(0) + X_EPOCH), epochs = 0, moved_total = 0, digest = 0xcbf29ce484222325ULL;
+    uint64_t seen_epoch = rd(0, X_EPOCH), epochs = 0, moved_total = 0, digest = 0xcbf29ce484222325ULL;
     struct timespec nap = {(time_t)(ep_us / 4 / 1000000), (long)(ep_us / 4 % 1000000 * 1000)};
     int wstatus = 0;
     for (;;) {
@@ -424,27 +523,25 @@ static int promote(int argc, char **argv)
         if (done == pid)
             break;
         nanosleep(&nap, NULL);
-        uint64_t now = rd(ibase(0) + X_EPOCH);
+        uint64_t now = rd(0, X_EPOCH);
         if (now == seen_epoch)
             continue;
         seen_epoch = now;
         size_t nr = 0, named = 0;
         epochs++;
-        for (unsigned i = 0; i < ninst(); i++) {
+        for (unsigned i = 0; i < ninst; i++) {
             size_t n = pop(i, e, 1 << 16);
             for (size_t j = 0; j < n && nr < (1 << 16); j++) {
                 uint64_t addr, count, unit;
                 unit_of(i, e[j], &addr, &count, &unit);
                 named++;
-                if (i == 0) {
-                    uint64_t u = e[j] >> (rd(ibase(0) + STAT) >> 32 & 0xff);
-                    if (u >= units || last[u] == epochs)
-                        continue;       /* named twice in one batch: once */
-                    streak[u] = last[u] == epochs - 1 ? streak[u] + 1 : 1;
-                    last[u] = (uint32_t)epochs;
-                    if (streak[u] < min_epochs)
-                        continue;
-                }
+                uint64_t u = e[j] >> (rd(i, STAT) >> 32 & 0xff);
+                if (u >= units[i] || last[i][u] == epochs)
+                    continue;       /* named twice in one batch: once */
+                streak[i][u] = last[i][u] == epochs - 1 ? streak[i][u] + 1 : 1;
+                last[i][u] = (uint32_t)epochs;
+                if (streak[i][u] < min_epochs)
+                    continue;
                 r[nr].lo = addr;
                 r[nr].hi = addr + unit;
                 nr++;
@@ -519,7 +616,7 @@ int main(int argc, char **argv)
     if (strcmp(what, "info") && strcmp(what, "config") && strcmp(what, "dump")
         && strcmp(what, "promote"))
         bad_arg("unknown command %s: want info, config, dump or promote", what);
-    map_device();
+    map_devices();
     if (!strcmp(what, "info"))
         return info();
     if (!strcmp(what, "config"))
