@@ -17,6 +17,11 @@
     the host take shows less there). The preset
     is cxl-direct: all memory is CXL, so every LLC miss and writeback
     reaches a CHMU (the most work it can be given).
+(3) With ``--linux``: the issue's own scenario. A booted Linux guest (2
+    vCPUs, DRAM node 0, the CPU-less CXL node 1) runs hotcold (128 MiB, a
+    16 MiB hot set) bound to node 1 under the timing model, the CHMU off and
+    on with its defaults, interleaved: the device sees only node 1's traffic,
+    among the kernel's and the other vCPU's work.
 (2) Accuracy against the counter budget: for each workload and each budget
     k, one run with space-saving (k counters), count-min (4 rows of k/4) and
     the oracle; the mean precision and recall of their hot lists (4 KiB
@@ -24,7 +29,7 @@
     table and as ``docs/chmu_accuracy.png``.
 
     .venv/bin/python bench/bench_chmu.py [--repeat 2] [--budgets 64,256,1024,4096]
-        [--workloads gups,hotcold,stream] [--no-cost | --no-accuracy | --kernels-only]
+        [--workloads gups,hotcold,stream] [--no-cost | --no-accuracy | --kernels-only] [--linux]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,6 +153,45 @@ def cost(repeat: int, names: list[str]) -> None:
               flush=True)
 
 
+#: (3): the issue's own scenario, hotcold bound to the CPU-less CXL node of a Linux guest
+LINUX_HOTCOLD = "-s 128M -H 16M -n 1M"
+
+
+def linux_cost(repeat: int) -> None:
+    """A booted Linux guest (2 vCPUs, DRAM node 0, CXL node 1) runs hotcold bound to node 1
+    under the timing model, the CHMU off and on (default spec), interleaved."""
+    with tempfile.TemporaryDirectory(prefix="bench-chmu-") as tmp:
+        boot = subprocess.run([sys.executable, "-m", "cosim.cli", "boot", "--save", "boot_done",
+                               "--snapshot-dir", tmp], capture_output=True, text=True, cwd=REPO)
+        if boot.returncode != 0:
+            sys.exit(f"cosim boot failed: {boot.stderr.strip()[-500:]}")
+        print(f"(3) Linux guest, hotcold {LINUX_HOTCOLD} bound to the CXL node (1), 2 vCPUs, "
+              f"--timing; {repeat} rounds, off and on interleaved")
+        cmd = [sys.executable, "-m", "cosim.cli", "run", "--snapshot", "boot_done",
+               "--snapshot-dir", tmp, "--json", "--timing", "--workload", "hotcold",
+               "--args", LINUX_HOTCOLD, "--numa", "membind=1"]
+        wall, cpu, mips = [], [], {"off": 0.0, "on": 0.0}
+        for _ in range(repeat):
+            rnd = {}
+            for label, extra in (("off", []), ("on", ["--chmu", ""])):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                proc = subprocess.run(cmd + extra, capture_output=True, text=True, cwd=REPO)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                if proc.returncode != 0:
+                    sys.exit(f"cosim run failed: {proc.stderr.strip()[-500:]}")
+                out = json.loads(proc.stdout)
+                out["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+                rnd[label] = out
+                mips[label] = max(mips[label], out["mips"])
+            wall.append(rnd["on"]["mips"] / rnd["off"]["mips"])
+            cpu.append(rnd["off"]["cpu_s"] / rnd["on"]["cpu_s"])
+        insns = rnd["on"]["session_insns"]
+        print(f"{'Minsns':>7} {'off MIPS':>9} {'on MIPS':>8}   on/off best  median wall  median cpu")
+        print(f"{insns / 1e6:>7.1f} {mips['off']:>9.1f} {mips['on']:>8.1f}   "
+              f"{mips['on'] / mips['off']:>11.2f}  {statistics.median(wall):>11.2f}  "
+              f"{statistics.median(cpu):>10.2f}", flush=True)
+
+
 def accuracy(budgets: list[int]) -> dict:
     print("\n(2) hot-list accuracy against the oracle: mean precision / recall over epochs "
           "(4 KiB units, 1 ms epochs, hot lists of 256)")
@@ -199,6 +244,8 @@ def main() -> None:
                     help="instructions per capture replayed in (0)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help="cost part: a comma-separated subset of " + ", ".join(WORKLOADS))
+    ap.add_argument("--linux", action="store_true",
+                    help="also (3): the CHMU's cost on a Linux guest (boots one, ~1 min)")
     args = ap.parse_args()
     budgets = [int(x) for x in args.budgets.split(",")]
     names = args.workloads.split(",")
@@ -213,6 +260,9 @@ def main() -> None:
             return
         print()
         cost(args.repeat, names)
+        if args.linux:
+            print()
+            linux_cost(args.repeat)
     if not args.no_accuracy:
         plot(accuracy(budgets), budgets)
 
