@@ -116,6 +116,10 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--add", action="append", type=Path, default=[], metavar="PATH",
                    help="also put this static x86_64 binary or script into the guest as "
                         "/workloads/NAME (repeatable)")
+    p.add_argument("--package", action="append", default=[], metavar="NAME",
+                   help="also unpack this Debian package into the guest, with the packages it "
+                        "depends on (apt's resolver); its programs run as --workload NAME "
+                        "(repeatable)")
 
 
 def add_client_args(p: argparse.ArgumentParser) -> None:
@@ -549,10 +553,13 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 def cmd_guest(args: argparse.Namespace) -> int:
     from . import guest_image
-    image = guest_image.build_image(args.add, force=args.force)
+    image = guest_image.build_image(args.add, force=args.force, packages=args.package)
     print(f"guest image {image.root}")
     print(f"  kernel {image.kernel.name}, initrd {image.initrd.stat().st_size / 2**20:.1f} MiB")
     print(f"  workloads: {', '.join(image.workloads)}")
+    extra = image.manifest.get("extra_packages", {}).get("installed", {})
+    if extra:
+        print(f"  packages: {', '.join(f'{n} {v}' for n, v in extra.items())}")
     return 0
 
 
@@ -568,6 +575,7 @@ def boot_request(args: argparse.Namespace, save: str, force: bool, console: Path
     return linux_flow.BootRequest(
         save=save, force=force, smp=getattr(args, "smp", 2), quantum=getattr(args, "quantum", DEFAULT_QUANTUM),
         node_bytes=(node, node), cxl_bytes=cxl, add=getattr(args, "add", []),
+        packages=getattr(args, "package", []),
         timing=hmat if getattr(args, "timing", False) else None, hmat_from=hmat,
         console=console or store.log_path(f"{save}.boot.log"))
 

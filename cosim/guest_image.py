@@ -183,7 +183,9 @@ def builtin_workloads() -> list[str]:
     return sorted(p.stem for p in WORKLOAD_DIR.glob("*.c"))
 
 
-def inputs_hash(add: Sequence[Path] = (), tools: dict[str, str] | None = None) -> str:
+def inputs_hash(add: Sequence[Path] = (), tools: dict[str, str] | None = None,
+                packages: Sequence[str] = (),
+                resolved: Sequence[tuple[str, str]] = ()) -> str:
     """Hash of everything that decides the image's bytes (see the module docstring)."""
     h = hashlib.sha256()
 
@@ -201,6 +203,11 @@ def inputs_hash(add: Sequence[Path] = (), tools: dict[str, str] | None = None) -
         put("tool", k, v)
     for p in add:
         put("add", p.name, p.read_bytes())
+    # the packages asked for and the versions apt chose for them and their dependencies
+    for name in sorted(set(packages)):
+        put("package", name)
+    for name, version in resolved:
+        put("dep", name, version)
     return h.hexdigest()
 
 
@@ -254,6 +261,46 @@ def _check_elf(raw: Path | str, f, accepted: str) -> None:
     if interp:
         raise CosimError(f"--add {raw}: dynamically linked (has PT_INTERP); expected {accepted} "
                          "(link with gcc -static)")
+
+
+#: a Debian package name (Debian policy 5.6.1)
+_PACKAGE_OK = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+#: what an added package contributes besides its programs and their files: not needed in
+#: an initramfs, and a large share of its bytes
+_PACKAGE_SKIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+                 "usr/share/lintian", "usr/share/bug")
+#: where an added package's programs are linked from /workloads
+_PROGRAM_DIRS = ("usr/bin", "usr/sbin", "bin", "sbin")
+
+
+def resolve_packages(names: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, version) of every package ``names`` needs on an empty system, by apt's resolver.
+
+    ``apt-get install --simulate`` against an empty dpkg status, without
+    recommends: the dependency closure and the versions apt would install
+    from the host's package lists (the same ones the pinned packages come
+    from), sorted by name.
+    """
+    for name in names:
+        if not _PACKAGE_OK.match(name):
+            raise CosimError(f"--package {name!r}: not a Debian package name (lower-case letters, "
+                             "digits, '+', '-', '.')")
+    if not names:
+        return []
+    with tempfile.NamedTemporaryFile(prefix="cosim-empty-status-") as empty:
+        proc = subprocess.run(
+            ["apt-get", "install", "--simulate", "-o", f"Dir::State::status={empty.name}",
+             "-o", "APT::Install-Recommends=false", "-o", "Debug::NoLocking=1", "--",
+             *sorted(set(names))], capture_output=True, text=True)
+    if proc.returncode != 0:
+        missing = re.search(r"Unable to locate package (\S+)", proc.stderr)
+        if missing:
+            raise CosimError(f"--package {missing.group(1)}: Debian has no such package in the "
+                             "host's package lists (apt-cache search NAME finds similar ones; "
+                             "./setup.sh runs apt-get update)")
+        errs = [ln for ln in proc.stderr.splitlines() if ln.startswith("E:")] or ["apt-get failed"]
+        raise CosimError(f"--package {' '.join(names)}: apt cannot resolve it: {errs[-1][3:].strip()}")
+    return sorted(set(re.findall(r"^Inst (\S+) \((\S+) ", proc.stdout, re.M)))
 
 
 def _deb_name(name: str, version: str) -> str:
@@ -456,23 +503,27 @@ def _publish(tmp: Path, dest: Path, marker: str = "manifest.json") -> None:
 # ---------------------------------------------------------------- public API
 
 
-def image_dir(add: Sequence[Path | str] = ()) -> Path:
+def image_dir(add: Sequence[Path | str] = (), packages: Sequence[str] = ()) -> Path:
     """The cache slot an image with these inputs lives in (built or not)."""
     adds = [Path(a) for a in add]
-    return paths.cache_root() / "guests" / f"linux-{inputs_hash(adds)[:12]}"
+    digest = inputs_hash(adds, packages=packages, resolved=resolve_packages(packages))
+    return paths.cache_root() / "guests" / f"linux-{digest[:12]}"
 
 
 def build_image(add: Sequence[Path | str] = (), force: bool = False,
-                log: Log = _log_default) -> GuestImage:
+                log: Log = _log_default, packages: Sequence[str] = ()) -> GuestImage:
     """Build the Linux guest image (or return the cached one with the same inputs).
 
     ``add`` lists extra programs to put in ``/workloads`` under their base
     name: static x86_64 ELF executables or ``#!`` scripts for busybox.
-    ``force`` rebuilds even when the cache slot exists.
+    ``packages`` names Debian packages to unpack into the image with their
+    dependencies (``resolve_packages``); their programs are linked as
+    ``/workloads/NAME``. ``force`` rebuilds even when the cache slot exists.
     """
     adds = check_added(add)
+    resolved = resolve_packages(packages)
     tools = _tool_versions()
-    digest = inputs_hash(adds, tools)
+    digest = inputs_hash(adds, tools, packages, resolved)
     parent = paths.cache_root() / "guests"
     dest = parent / f"linux-{digest[:12]}"
     if (dest / "manifest.json").is_file() and not force:
@@ -485,7 +536,7 @@ def build_image(add: Sequence[Path | str] = (), force: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; QEMU may run as another user
     try:
-        _build_into(tmp, adds, tools, digest, log)
+        _build_into(tmp, adds, tools, digest, log, sorted(set(packages)), resolved)
         _publish(tmp, dest)
     finally:
         if tmp.exists():
@@ -496,7 +547,8 @@ def build_image(add: Sequence[Path | str] = (), force: bool = False,
     return img
 
 
-def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str, log: Log) -> None:
+def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str, log: Log,
+                packages: list[str], deps: list[tuple[str, str]]) -> None:
     resolved = _download(PINNED_PACKAGES, log)
     debs = {name: deb for name, (_, deb) in resolved.items()}
     work = out / "work"
@@ -547,6 +599,8 @@ def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str,
                 program = os.path.relpath(dirpath, root) == "workloads"
                 os.chmod(p, 0o644 if lib and not program else 0o755)
     (root / "tmp").chmod(0o1777)
+    programs = _add_packages(root, work / "pkg", packages, deps,
+                             set(workloads) | {p.name for p in adds}, log)
 
     shutil.copyfile(x / "boot" / f"vmlinuz-{KERNEL_VERSION}", out / "vmlinuz")
     shutil.copyfile(x / "boot" / f"config-{KERNEL_VERSION}", out / "kernel.config")
@@ -565,11 +619,54 @@ def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str,
         "pinned": dict(PINNED_PACKAGES),
         "tools": tools,
         "modules": list(MODULES),
-        "workloads": workloads + [p.name for p in adds],
+        "workloads": workloads + [p.name for p in adds] + programs,
         "added": [{"name": p.name, "source": str(p.resolve()), "sha256": _sha256(p)} for p in adds],
+        # --package: what was asked for, and every package apt's resolver put in for it
+        "extra_packages": {"requested": packages, "installed": dict(deps)},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _add_packages(root: Path, work: Path, packages: list[str], deps: list[tuple[str, str]],
+                  taken: set[str], log: Log) -> list[str]:
+    """Unpack the resolved packages over the image; link the requested ones' programs.
+
+    Files the image already has (busybox's shell, the pinned libraries) are
+    kept: a package's own copy of the same path is skipped. Documentation
+    (``_PACKAGE_SKIP``) is left out. Returns the names linked as
+    ``/workloads/NAME`` (a name a workload already has keeps the workload).
+    """
+    if not deps:
+        return []
+    debs = _download(deps, log)
+    log(f"unpacking {len(deps)} packages for --package {' '.join(packages)}")
+    programs: list[str] = []
+    for name, (_, deb) in sorted(debs.items()):
+        x = work / name
+        _extract(deb, x)
+        for dirpath, dirnames, filenames in os.walk(x):
+            rel = os.path.relpath(dirpath, x)
+            dirnames[:] = [d for d in dirnames
+                           if os.path.normpath(os.path.join(rel, d)) not in _PACKAGE_SKIP]
+            for n in dirnames + filenames:
+                src, dst = Path(dirpath) / n, root / rel / n
+                if src.is_dir() and not src.is_symlink():
+                    dst.mkdir(exist_ok=True)
+                elif not os.path.lexists(dst):
+                    if src.is_symlink():
+                        dst.symlink_to(os.readlink(src))
+                    else:
+                        shutil.copy2(src, dst)
+                # the requested packages' programs, and a program named as one (python3
+                # is python3-minimal's)
+                if (name in packages or n in packages) and rel in _PROGRAM_DIRS \
+                        and n not in taken and not src.is_dir() and _NAME_OK.match(n):
+                    taken.add(n)
+                    programs.append(n)
+                    (root / "workloads" / n).symlink_to(f"/{rel}/{n}")
+        shutil.rmtree(x)
+    return programs
 
 
 def firmware_dir(log: Log = _log_default) -> Path:

@@ -41,6 +41,7 @@ class BootRequest:
     node_bytes: tuple[int, int] = (1 << 30, 1 << 30)
     cxl_bytes: int = 0
     add: Sequence[Path] = ()
+    packages: Sequence[str] = ()        # Debian packages for the image (cosim guest build --package)
     timing: Config | None = None        # boot under the timing model (slow)
     hmat_from: Config | None = None     # the figures HMAT announces (the timing config)
     console: TextIO | Path | None = None
@@ -65,12 +66,13 @@ def check_boot(req: BootRequest, store: snap.Store) -> None:
     snap.check_name(req.save)
     store.check_can_save(req.save, req.force)
     guest_image.check_added(req.add)
+    guest_image.resolve_packages(req.packages)
 
 
 def boot(req: BootRequest, store: snap.Store, log=print) -> Session:
     """Boot to the ready marker and save ``req.save``; an existing snapshot is kept on failure."""
     check_boot(req, store)
-    image = guest_image.build_image(req.add, log=log)
+    image = guest_image.build_image(req.add, log=log, packages=req.packages)
     board = LinuxBoard(kernel=image.kernel, initrd=image.initrd,
                        firmware=guest_image.firmware_dir(), node_bytes=req.node_bytes,
                        cxl_bytes=req.cxl_bytes, hmat=hmat_of(req.hmat_from or Config()))

@@ -287,3 +287,38 @@ def test_a_deb_that_does_not_match_the_archive_is_refused(tmp_path, monkeypatch)
 def test_manifests_record_the_versions_used(image):
     assert image.manifest["pinned"] == dict(guest_image.PINNED_PACKAGES)
     assert set(image.manifest["packages"]) == set(image.manifest["pinned"])
+
+
+# ---------------------------------------------------------------- Debian packages
+
+
+def test_a_debian_package_comes_with_its_dependencies_and_runs(tmp_path):
+    """--package numactl: apt's resolver adds libnuma1 and libc6; memhog (dynamically linked,
+    from the package unchanged) is a workload and runs in the booted guest."""
+    img = guest_image.build_image(packages=["numactl"], log=lambda m: None)
+    installed = img.manifest["extra_packages"]["installed"]
+    assert {"numactl", "libnuma1", "libc6"} <= set(installed), installed
+    assert img.manifest["extra_packages"]["requested"] == ["numactl"]
+    assert {"memhog", "numastat"} <= set(img.workloads)
+    listing = _initrd_listing(img.initrd)
+    assert "usr/bin/memhog" in listing and "workloads/memhog" in listing
+    assert not any(e.startswith("usr/share/doc/") for e in listing), "documentation is left out"
+    assert img.root != guest_image.image_dir()
+    rc, text, _, board = _boot(img, tmp_path, "/workloads/memhog -r2 8M && echo MEMHOG-OK")
+    assert rc == 0 and board.exit_code(text) == 0, text[-2000:]
+    assert "MEMHOG-OK" in _lines(text)
+
+
+def test_a_package_debian_does_not_have_is_one_line(tmp_path, scratch_cache):
+    from conftest import cosim
+    proc = cosim("guest", "build", "--package", "no-such-package-xyz")
+    assert proc.returncode == 2
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "no-such-package-xyz" in lines[0] and "Debian" in lines[0], lines
+    proc = cosim("boot", "--save", "pkg", "--snapshot-dir", str(tmp_path / "snaps"),
+                 "--package", "no-such-package-xyz")
+    assert proc.returncode == 2 and "no-such-package-xyz" in proc.stderr
+    assert not (tmp_path / "snaps" / "pkg").exists()
+    assert not list(scratch_cache.glob("guests/linux-*"))
+    with pytest.raises(CosimError, match="not a Debian package name"):
+        guest_image.resolve_packages(["Bad_Name"])
