@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import tempfile
@@ -269,6 +270,37 @@ def build_parser() -> argparse.ArgumentParser:
     tiers.add_argument("--config", type=Path, metavar="FILE", help="timing configuration (TOML)")
     tiers.add_argument("--json", action="store_true", help="print the runs' summaries as JSON")
     add_snapshot_dir(tiers)
+
+    tiering = sub.add_parser(
+        "tiering", help="run a workload under several page-placement policies and compare",
+        description="Restore the boot snapshot, fill node 0 so the workload spills to the CXL "
+                    "node, and run it under each policy (none: static placement; "
+                    "numa-balancing: Linux's tiering mode; chmu: the CHMU-driven promoter) "
+                    "with the timing model; print the workload's own figure, traffic and the "
+                    "kernel's migration counters side by side.")
+    tiering.add_argument("--snapshot", default="boot_done", metavar="NAME",
+                         help="boot snapshot (default boot_done; made with cosim boot if missing)")
+    tiering.add_argument("--workload", default="gups", metavar="NAME", help="default: gups")
+    tiering.add_argument("--args", default="-s 256M -n 8M", metavar="'ARGS'",
+                         help="workload arguments (default: '-s 256M -n 8M')")
+    tiering.add_argument("--policies", default="none,numa-balancing,chmu", metavar="P,Q",
+                         help="policies to compare (default: none,numa-balancing,chmu)")
+    tiering.add_argument("--pressure", default="0.9", metavar="FRACTION",
+                         help="share of node 0's free memory taken before the workload starts "
+                              "(default 0.9)")
+    tiering.add_argument("--set", dest="knobs", action="append", default=[], metavar="KNOB=N",
+                         help="a NUMA balancing knob for the numa-balancing policy (scan_delay_ms, "
+                              "scan_period_min_ms, scan_period_max_ms, scan_size_mb, "
+                              "hot_threshold_ms, promote_rate_limit_MBps; default: the kernel's)")
+    tiering.add_argument("--chmu", default=TIERING_CHMU, metavar="SPEC",
+                         help=f"the CHMU for the chmu policy (default {TIERING_CHMU})")
+    tiering.add_argument("--work-key", default=None, metavar="KEY",
+                         help="RESULT key that counts the work (default: updates for gups, "
+                              "accesses for hotcold)")
+    tiering.add_argument("--preset", metavar="NAME", help="timing preset")
+    tiering.add_argument("--config", type=Path, metavar="FILE", help="timing configuration (TOML)")
+    tiering.add_argument("--json", action="store_true", help="print every policy's row as JSON")
+    add_snapshot_dir(tiering)
 
     snp = sub.add_parser("snapshot", help="save, list, show and remove snapshots",
                          description="Snapshots hold QEMU's machine state, the plugin and run "
@@ -654,6 +686,66 @@ def cmd_tiers(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the chmu policy's CHMU: 64 KiB units, 1 ms epochs (the live-promotion test's)
+TIERING_CHMU = "tracker=space-saving,counters=1024,unit=64K,epoch=1ms,threshold=32"
+#: RESULT key that counts each built-in workload's work
+WORK_KEYS = {"gups": "updates", "hotcold": "accesses"}
+
+
+def cmd_tiering(args: argparse.Namespace) -> int:
+    from . import linux_flow, tiering
+    policies = tiering.parse_policies(args.policies)
+    exp = tiering.Experiment(workload=args.workload, args=args.args, policies=policies,
+                             pressure=tiering.parse_pressure(args.pressure),
+                             knobs=dict(tiering.parse_knob(k) for k in args.knobs))
+    base_cfg = timing_config.load(args.preset, args.config)
+    chmu_cfg = chmu_spec.apply(base_cfg, args.chmu) if "chmu" in policies else None
+    store = snap.Store(args.snapshot_dir)
+    if not store.exists(args.snapshot):
+        print(f"cosim tiering: no snapshot {args.snapshot} yet: booting the guest to make it "
+              "(once)", file=sys.stderr, flush=True)
+        args.node_memory, args.cxl = "1G", None
+        req = boot_request(args, args.snapshot, False, None, store)
+        linux_flow.boot(req, store, log=linux_flow.stderr_log)
+    ns = argparse.Namespace(snapshot=args.snapshot, kernel=None, smp=None, memory=None,
+                            icount_shift=None)
+    s = restorable(store, ns)
+    board = linux_flow.board_of(s, linux_machine.IDLE_COMMAND)
+    argv = shlex.split(linux_flow.workload_command(linux_flow.workloads_of(board), args.workload,
+                                                   args.args, None, board.nodes))
+    work_key = args.work_key or WORK_KEYS.get(args.workload)
+    if work_key is None:
+        raise CosimError(f"--workload {args.workload}: say which RESULT key counts its work "
+                         "with --work-key")
+    rows = []
+    for policy in policies:
+        board.command = tiering.guest_script(exp, policy, argv)
+        print(f"cosim tiering: {args.workload} {args.args} under {policy}, node 0 "
+              f"{exp.pressure:.0%} taken (timing model)", file=sys.stderr, flush=True)
+        machine = QemuConfig(kernel=Path(s.manifest["guest"]["kernel"]),
+                             smp=s.manifest["machine"]["smp"], quantum=s.manifest["quantum"],
+                             memory=s.manifest["machine"]["memory"], mode="trace",
+                             icount_shift=s.manifest["icount_shift"],
+                             board=dataclasses.replace(board))
+        spec = RunSpec(machine=machine, timing=chmu_cfg if policy == "chmu" else base_cfg,
+                       preset=args.preset, config_file=args.config, store=store, snapshot=s,
+                       console=sys.stderr if args.json else sys.stdout)
+        summary = Session(spec).run()
+        if summary.get("workload_exit_code") != 0:
+            raise CosimError(f"{args.workload} under {policy} ended with exit code "
+                             f"{summary.get('workload_exit_code')}; see its output above")
+        rows.append(tiering.row(policy, summary, args.workload, work_key))
+    if args.json:
+        json.dump({"workload": args.workload, "args": args.args, "pressure": exp.pressure,
+                   "knobs": exp.knobs, "chmu": args.chmu, "policies": rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"\n== cosim tiering: {args.workload} {args.args}, snapshot {args.snapshot}, "
+          f"node 0 {exp.pressure:.0%} taken, {s.manifest['machine']['smp']} vCPUs ==")
+    print(tiering.table(rows, work_key))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = timing_config.load(args.preset, args.config)
     title = f"cosim timing configuration: preset {args.preset or '(defaults)'}" + (
@@ -684,7 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": cmd_run, "build": cmd_build, "doctor": cmd_doctor,
                 "config": cmd_config, "regress": cmd_regress, "snapshot": cmd_snapshot,
                 "status": cmd_client, "pause": cmd_client, "resume": cmd_client,
-                "stop": cmd_client, "guest": cmd_guest, "boot": cmd_boot, "tiers": cmd_tiers}
+                "stop": cmd_client, "guest": cmd_guest, "boot": cmd_boot, "tiers": cmd_tiers,
+                "tiering": cmd_tiering}
     try:
         return handlers[args.command](args)
     except CosimError as e:

@@ -37,6 +37,7 @@
  * (hot: units listed since the last look, ripe: of those, listed K times in a row,
  * candidates: CMD's pages in them not on node N yet, moved/failed: move_pages's verdicts)
  *   PROMOTE done epochs=E moved=M bytes=B digest=0x...
+ *   RESULT chmu promote_epochs=E moved=M bytes=B digest=0x...   (the same, as a result line)
  * The digest is FNV-1a over the moved pages' virtual addresses in order: two
  * runs that moved the same pages print the same digest.
  */
@@ -598,6 +599,10 @@ static int promote(int argc, char **argv)
                (unsigned long long)(moved * PAGE), (unsigned long long)epoch_digest);
     }
     printf("PROMOTE done epochs=%llu moved=%llu bytes=%llu digest=0x%016llx\n",
+           (unsigned long long)epochs, (unsigned long long)moved_total,
+           (unsigned long long)(moved_total * PAGE), (unsigned long long)digest);
+    /* the same as a workload's result line, for hosts that read those (cosim tiering) */
+    printf("RESULT chmu promote_epochs=%llu moved=%llu bytes=%llu digest=0x%016llx\n",
            (unsigned long long)epochs, (unsigned long long)moved_total,
            (unsigned long long)(moved_total * PAGE), (unsigned long long)digest);
     if (WIFEXITED(wstatus))
