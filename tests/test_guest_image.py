@@ -69,7 +69,8 @@ def test_image_has_kernel_initrd_manifest(image):
     assert m["kernel"] == guest_image.KERNEL_VERSION
     assert m["packages"]["busybox-static"] == dict(guest_image.PINNED_PACKAGES)["busybox-static"]
     assert m["inputs_hash"][:12] in image.root.name
-    assert image.workloads == ["chmu", "gups", "hotcold", "nap", "pchase", "stream", "threads"]
+    assert image.workloads == ["chmu", "fill", "gups", "hotcold", "nap", "pchase", "stream",
+                               "threads"]
     listing = _initrd_listing(image.initrd)
     for f in ("init", "bin/busybox", "sbin/cosim-cmd", "usr/bin/numactl",
               "lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu/libnuma.so.1",
