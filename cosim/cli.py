@@ -121,6 +121,10 @@ def add_image_args(p: argparse.ArgumentParser) -> None:
                    help="also unpack this Debian package into the guest, with the packages it "
                         "depends on (apt's resolver); its programs run as --workload NAME "
                         "(repeatable)")
+    p.add_argument("--pip", action="append", default=[], metavar="NAME[==VERSION]",
+                   help="also put this pure-Python PyPI package (and what it needs, pip's "
+                        "resolver) into the guest's python3, which comes with it; its commands "
+                        "run as --workload NAME (repeatable; e.g. damo)")
 
 
 def add_client_args(p: argparse.ArgumentParser) -> None:
@@ -585,13 +589,16 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 def cmd_guest(args: argparse.Namespace) -> int:
     from . import guest_image
-    image = guest_image.build_image(args.add, force=args.force, packages=args.package)
+    image = guest_image.build_image(args.add, force=args.force, packages=args.package,
+                                    pip=args.pip)
     print(f"guest image {image.root}")
     print(f"  kernel {image.kernel.name}, initrd {image.initrd.stat().st_size / 2**20:.1f} MiB")
     print(f"  workloads: {', '.join(image.workloads)}")
     extra = image.manifest.get("extra_packages", {}).get("installed", {})
     if extra:
         print(f"  packages: {', '.join(f'{n} {v}' for n, v in extra.items())}")
+    if image.manifest.get("pip"):
+        print(f"  pip: {', '.join(w['wheel'] for w in image.manifest['pip'])}")
     return 0
 
 
@@ -607,7 +614,7 @@ def boot_request(args: argparse.Namespace, save: str, force: bool, console: Path
     return linux_flow.BootRequest(
         save=save, force=force, smp=getattr(args, "smp", 2), quantum=getattr(args, "quantum", DEFAULT_QUANTUM),
         node_bytes=(node, node), cxl_bytes=cxl, add=getattr(args, "add", []),
-        packages=getattr(args, "package", []),
+        packages=getattr(args, "package", []), pip=getattr(args, "pip", []),
         timing=hmat if getattr(args, "timing", False) else None, hmat_from=hmat,
         console=console or store.log_path(f"{save}.boot.log"))
 

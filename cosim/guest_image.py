@@ -55,8 +55,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -185,7 +187,8 @@ def builtin_workloads() -> list[str]:
 
 def inputs_hash(add: Sequence[Path] = (), tools: dict[str, str] | None = None,
                 packages: Sequence[str] = (),
-                resolved: Sequence[tuple[str, str]] = ()) -> str:
+                resolved: Sequence[tuple[str, str]] = (),
+                wheels: Sequence[Path] = ()) -> str:
     """Hash of everything that decides the image's bytes (see the module docstring)."""
     h = hashlib.sha256()
 
@@ -208,6 +211,8 @@ def inputs_hash(add: Sequence[Path] = (), tools: dict[str, str] | None = None,
         put("package", name)
     for name, version in resolved:
         put("dep", name, version)
+    for w in wheels:
+        put("wheel", w.name, w.read_bytes())
     return h.hexdigest()
 
 
@@ -271,6 +276,81 @@ _PACKAGE_SKIP = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/
                  "usr/share/lintian", "usr/share/bug")
 #: where an added package's programs are linked from /workloads
 _PROGRAM_DIRS = ("usr/bin", "usr/sbin", "bin", "sbin")
+
+
+#: where the guest's Python 3 finds what --pip adds (Debian's path for packages)
+PIP_TARGET = "usr/lib/python3/dist-packages"
+#: a requirement --pip takes: a PyPI name, optionally ==VERSION
+_PIP_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(==[A-Za-z0-9.+!-]+)?$")
+#: the guest's Python (bookworm's python3), for pip's choice of wheels
+GUEST_PYTHON = "3.11"
+
+
+def with_python(packages: Sequence[str], pip: Sequence[str]) -> list[str]:
+    """The Debian packages to add: those asked for, and python3 when --pip adds anything."""
+    return sorted(set(packages) | ({"python3"} if pip else set()))
+
+
+def download_wheels(specs: Sequence[str]) -> list[Path]:
+    """Pure-Python wheels of ``specs`` and what they need, as pip resolves them for the guest.
+
+    ``pip download`` for Python 3.11 on any platform, wheels only: a package
+    with compiled code has no such wheel and is refused (its Debian package,
+    with --package, is the way for those). The wheels are kept in the
+    download cache; the list is sorted by file name.
+    """
+    for spec in specs:
+        if not _PIP_OK.match(spec):
+            raise CosimError(f"--pip {spec!r}: want a PyPI name, optionally ==VERSION "
+                             "(e.g. damo or damo==3.4.3)")
+    if not specs:
+        return []
+    dest = paths.cache_root() / "downloads" / "guest-wheels"
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
+         "--only-binary=:all:", "--platform", "any", "--python-version", GUEST_PYTHON,
+         "--implementation", "py", "-d", str(dest), *sorted(set(specs))],
+        capture_output=True, text=True)
+    if proc.returncode != 0:
+        errs = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR:")] \
+            or ["pip download failed"]
+        raise CosimError(f"--pip {' '.join(specs)}: no pure-Python wheel for the guest's Python "
+                         f"{GUEST_PYTHON} ({errs[0][6:].strip()})")
+    names = re.findall(r"(?:Saved|File was already downloaded) (\S+\.whl)", proc.stdout)
+    return sorted({Path(n) for n in names}, key=lambda w: w.name)
+
+
+def _add_wheels(root: Path, wheels: list[Path], taken: set[str], log: Log) -> list[str]:
+    """Unpack wheels into the guest's Python path; each console script becomes a program
+    (``/usr/bin/NAME``, linked as ``/workloads/NAME``). Returns the names linked."""
+    if not wheels:
+        return []
+    log(f"unpacking {', '.join(w.name for w in wheels)}")
+    target = root / PIP_TARGET
+    target.mkdir(parents=True, exist_ok=True)
+    programs = []
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(target)
+            entry = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
+            text = z.read(entry[0]).decode() if entry else ""
+        scripts = text.split("[console_scripts]", 1)[1].split("[", 1)[0] if \
+            "[console_scripts]" in text else ""
+        for line in scripts.splitlines():
+            name, _, ref = (part.strip() for part in line.partition("="))
+            module, _, func = ref.partition(":")
+            if not (name and module and func) or not _NAME_OK.match(name):
+                continue
+            script = root / "usr" / "bin" / name
+            script.write_text(f"#!/usr/bin/python3\nimport sys\nfrom {module} import {func}\n"
+                              f"sys.exit({func}())\n")
+            script.chmod(0o755)
+            if name not in taken:
+                taken.add(name)
+                programs.append(name)
+                (root / "workloads" / name).symlink_to(f"/usr/bin/{name}")
+    return programs
 
 
 def resolve_packages(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -503,27 +583,35 @@ def _publish(tmp: Path, dest: Path, marker: str = "manifest.json") -> None:
 # ---------------------------------------------------------------- public API
 
 
-def image_dir(add: Sequence[Path | str] = (), packages: Sequence[str] = ()) -> Path:
+def image_dir(add: Sequence[Path | str] = (), packages: Sequence[str] = (),
+              pip: Sequence[str] = ()) -> Path:
     """The cache slot an image with these inputs lives in (built or not)."""
     adds = [Path(a) for a in add]
-    digest = inputs_hash(adds, packages=packages, resolved=resolve_packages(packages))
+    packages = with_python(packages, pip)
+    digest = inputs_hash(adds, packages=packages, resolved=resolve_packages(packages),
+                         wheels=download_wheels(pip))
     return paths.cache_root() / "guests" / f"linux-{digest[:12]}"
 
 
 def build_image(add: Sequence[Path | str] = (), force: bool = False,
-                log: Log = _log_default, packages: Sequence[str] = ()) -> GuestImage:
+                log: Log = _log_default, packages: Sequence[str] = (),
+                pip: Sequence[str] = ()) -> GuestImage:
     """Build the Linux guest image (or return the cached one with the same inputs).
 
     ``add`` lists extra programs to put in ``/workloads`` under their base
     name: static x86_64 ELF executables or ``#!`` scripts for busybox.
     ``packages`` names Debian packages to unpack into the image with their
     dependencies (``resolve_packages``); their programs are linked as
-    ``/workloads/NAME``. ``force`` rebuilds even when the cache slot exists.
+    ``/workloads/NAME``. ``pip`` names PyPI packages (pure Python) for the
+    guest's python3, which comes with them; their console scripts are
+    programs too. ``force`` rebuilds even when the cache slot exists.
     """
     adds = check_added(add)
+    packages = with_python(packages, pip)
     resolved = resolve_packages(packages)
+    wheels = download_wheels(pip)
     tools = _tool_versions()
-    digest = inputs_hash(adds, tools, packages, resolved)
+    digest = inputs_hash(adds, tools, packages, resolved, wheels)
     parent = paths.cache_root() / "guests"
     dest = parent / f"linux-{digest[:12]}"
     if (dest / "manifest.json").is_file() and not force:
@@ -536,7 +624,7 @@ def build_image(add: Sequence[Path | str] = (), force: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; QEMU may run as another user
     try:
-        _build_into(tmp, adds, tools, digest, log, sorted(set(packages)), resolved)
+        _build_into(tmp, adds, tools, digest, log, sorted(set(packages)), resolved, wheels)
         _publish(tmp, dest)
     finally:
         if tmp.exists():
@@ -548,7 +636,7 @@ def build_image(add: Sequence[Path | str] = (), force: bool = False,
 
 
 def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str, log: Log,
-                packages: list[str], deps: list[tuple[str, str]]) -> None:
+                packages: list[str], deps: list[tuple[str, str]], wheels: list[Path]) -> None:
     resolved = _download(PINNED_PACKAGES, log)
     debs = {name: deb for name, (_, deb) in resolved.items()}
     work = out / "work"
@@ -599,8 +687,9 @@ def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str,
                 program = os.path.relpath(dirpath, root) == "workloads"
                 os.chmod(p, 0o644 if lib and not program else 0o755)
     (root / "tmp").chmod(0o1777)
-    programs = _add_packages(root, work / "pkg", packages, deps,
-                             set(workloads) | {p.name for p in adds}, log)
+    taken = set(workloads) | {p.name for p in adds}
+    programs = _add_packages(root, work / "pkg", packages, deps, taken, log)
+    programs += _add_wheels(root, wheels, taken, log)
 
     shutil.copyfile(x / "boot" / f"vmlinuz-{KERNEL_VERSION}", out / "vmlinuz")
     shutil.copyfile(x / "boot" / f"config-{KERNEL_VERSION}", out / "kernel.config")
@@ -623,6 +712,7 @@ def _build_into(out: Path, adds: list[Path], tools: dict[str, str], digest: str,
         "added": [{"name": p.name, "source": str(p.resolve()), "sha256": _sha256(p)} for p in adds],
         # --package: what was asked for, and every package apt's resolver put in for it
         "extra_packages": {"requested": packages, "installed": dict(deps)},
+        "pip": [{"wheel": w.name, "sha256": _sha256(w)} for w in wheels],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -42,6 +42,7 @@ class BootRequest:
     cxl_bytes: int = 0
     add: Sequence[Path] = ()
     packages: Sequence[str] = ()        # Debian packages for the image (cosim guest build --package)
+    pip: Sequence[str] = ()             # PyPI packages for the image's python3 (--pip)
     timing: Config | None = None        # boot under the timing model (slow)
     hmat_from: Config | None = None     # the figures HMAT announces (the timing config)
     console: TextIO | Path | None = None
@@ -66,13 +67,14 @@ def check_boot(req: BootRequest, store: snap.Store) -> None:
     snap.check_name(req.save)
     store.check_can_save(req.save, req.force)
     guest_image.check_added(req.add)
-    guest_image.resolve_packages(req.packages)
+    guest_image.resolve_packages(guest_image.with_python(req.packages, req.pip))
+    guest_image.download_wheels(req.pip)
 
 
 def boot(req: BootRequest, store: snap.Store, log=print) -> Session:
     """Boot to the ready marker and save ``req.save``; an existing snapshot is kept on failure."""
     check_boot(req, store)
-    image = guest_image.build_image(req.add, log=log, packages=req.packages)
+    image = guest_image.build_image(req.add, log=log, packages=req.packages, pip=req.pip)
     board = LinuxBoard(kernel=image.kernel, initrd=image.initrd,
                        firmware=guest_image.firmware_dir(), node_bytes=req.node_bytes,
                        cxl_bytes=req.cxl_bytes, hmat=hmat_of(req.hmat_from or Config()))

@@ -323,3 +323,26 @@ def test_a_package_debian_does_not_have_is_one_line(tmp_path, scratch_cache):
     assert not list(scratch_cache.glob("guests/linux-*"))
     with pytest.raises(CosimError, match="not a Debian package name"):
         guest_image.resolve_packages(["Bad_Name"])
+
+
+def test_a_pypi_package_goes_into_the_guests_python(tmp_path):
+    """--pip damo: python3 comes with it (apt's resolver), the wheel is unpacked into Debian's
+    Python path and damo's command runs in the booted guest."""
+    img = guest_image.build_image(pip=["damo==3.4.3"], log=lambda m: None)
+    assert "python3" in img.manifest["extra_packages"]["requested"]
+    assert [w["wheel"] for w in img.manifest["pip"]] == ["damo-3.4.3-py3-none-any.whl"]
+    assert {"damo", "python3"} <= set(img.workloads)
+    listing = _initrd_listing(img.initrd)
+    assert f"{guest_image.PIP_TARGET}/damo/damo.py" in listing and "usr/bin/damo" in listing
+    rc, text, _, board = _boot(img, tmp_path, "/workloads/damo version")
+    assert rc == 0 and board.exit_code(text) == 0, text[-2000:]
+    assert "3.4.3" in _lines(text)
+
+
+def test_a_pypi_package_without_a_pure_python_wheel_is_one_line(scratch_cache):
+    with pytest.raises(CosimError) as e:
+        guest_image.build_image(pip=["no-such-pypi-package-xyz"], log=lambda m: None)
+    assert "\n" not in str(e.value) and "no-such-pypi-package-xyz" in str(e.value)
+    with pytest.raises(CosimError, match="PyPI name"):
+        guest_image.download_wheels(["bad name"])
+    assert not list(scratch_cache.glob("guests/linux-*"))
