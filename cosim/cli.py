@@ -636,11 +636,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tiers(args: argparse.Namespace) -> int:
+def boot_snapshot(args: argparse.Namespace, command: str
+                  ) -> tuple[snap.Store, snap.Snapshot, "linux_machine.LinuxBoard"]:
+    """The Linux snapshot of ``--snapshot`` (booted and saved first if it is missing) and its
+    machine, for a command that runs workloads from it (``tiers``, ``tiering``)."""
     from . import linux_flow
     store = snap.Store(args.snapshot_dir)
     if not store.exists(args.snapshot):
-        print(f"cosim tiers: no snapshot {args.snapshot} yet: booting the guest to make it "
+        print(f"cosim {command}: no snapshot {args.snapshot} yet: booting the guest to make it "
               "(once)", file=sys.stderr, flush=True)
         args.node_memory, args.cxl = "1G", None
         req = boot_request(args, args.snapshot, False, None, store)
@@ -648,7 +651,30 @@ def cmd_tiers(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(snapshot=args.snapshot, kernel=None, smp=None, memory=None,
                             icount_shift=None)
     s = restorable(store, ns)
-    board = linux_flow.board_of(s, linux_machine.IDLE_COMMAND)
+    return store, s, linux_flow.board_of(s, linux_machine.IDLE_COMMAND)
+
+
+def run_from(args: argparse.Namespace, store: snap.Store, s: snap.Snapshot,
+             board: "linux_machine.LinuxBoard", timing: timing_config.Config, what: str) -> dict:
+    """One timing run of ``board.command`` from snapshot ``s``; its summary, or one line if the
+    workload failed (``what`` says which run)."""
+    machine = QemuConfig(kernel=Path(s.manifest["guest"]["kernel"]),
+                         smp=s.manifest["machine"]["smp"], quantum=s.manifest["quantum"],
+                         memory=s.manifest["machine"]["memory"], mode="trace",
+                         icount_shift=s.manifest["icount_shift"],
+                         board=dataclasses.replace(board))
+    spec = RunSpec(machine=machine, timing=timing, preset=args.preset, config_file=args.config,
+                   store=store, snapshot=s, console=sys.stderr if args.json else sys.stdout)
+    summary = Session(spec).run()
+    if summary.get("workload_exit_code") != 0:
+        raise CosimError(f"{what} ended with exit code {summary.get('workload_exit_code')}; "
+                         "see its output above")
+    return summary
+
+
+def cmd_tiers(args: argparse.Namespace) -> int:
+    from . import linux_flow
+    store, s, board = boot_snapshot(args, "tiers")
     nodes = board.nodes
     if args.nodes:
         nodes = [int(n) for n in args.nodes.split(",") if n.strip().isdigit()]
@@ -665,18 +691,8 @@ def cmd_tiers(args: argparse.Namespace) -> int:
                                                     board.nodes)
         print(f"cosim tiers: {args.workload} {args.args} bound to node {node} "
               f"(timing model)", file=sys.stderr, flush=True)
-        machine = QemuConfig(kernel=Path(s.manifest["guest"]["kernel"]),
-                             smp=s.manifest["machine"]["smp"], quantum=s.manifest["quantum"],
-                             memory=s.manifest["machine"]["memory"], mode="trace",
-                             icount_shift=s.manifest["icount_shift"],
-                             board=dataclasses.replace(board))
-        spec = RunSpec(machine=machine, timing=timing_cfg, preset=args.preset,
-                       config_file=args.config, store=store, snapshot=s,
-                       console=sys.stderr if args.json else sys.stdout)
-        summary = Session(spec).run()
-        if summary.get("workload_exit_code") != 0:
-            raise CosimError(f"{args.workload} bound to node {node} ended with exit code "
-                             f"{summary.get('workload_exit_code')}; see its output above")
+        summary = run_from(args, store, s, board, timing_cfg,
+                           f"{args.workload} bound to node {node}")
         rows.append(dict(summary, numa=numa))
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
@@ -707,17 +723,7 @@ def cmd_tiering(args: argparse.Namespace) -> int:
                              knobs=dict(tiering.parse_knob(k) for k in args.knobs))
     base_cfg = timing_config.load(args.preset, args.config)
     chmu_cfg = chmu_spec.apply(base_cfg, args.chmu) if "chmu" in policies else None
-    store = snap.Store(args.snapshot_dir)
-    if not store.exists(args.snapshot):
-        print(f"cosim tiering: no snapshot {args.snapshot} yet: booting the guest to make it "
-              "(once)", file=sys.stderr, flush=True)
-        args.node_memory, args.cxl = "1G", None
-        req = boot_request(args, args.snapshot, False, None, store)
-        linux_flow.boot(req, store, log=linux_flow.stderr_log)
-    ns = argparse.Namespace(snapshot=args.snapshot, kernel=None, smp=None, memory=None,
-                            icount_shift=None)
-    s = restorable(store, ns)
-    board = linux_flow.board_of(s, linux_machine.IDLE_COMMAND)
+    store, s, board = boot_snapshot(args, "tiering")
     argv = shlex.split(linux_flow.workload_command(linux_flow.workloads_of(board), args.workload,
                                                    args.args, None, board.nodes))
     work_key = args.work_key or WORK_KEYS.get(args.workload)
@@ -729,18 +735,8 @@ def cmd_tiering(args: argparse.Namespace) -> int:
         board.command = tiering.guest_script(exp, policy, argv)
         print(f"cosim tiering: {args.workload} {args.args} under {policy}, node 0 "
               f"{exp.pressure:.0%} taken (timing model)", file=sys.stderr, flush=True)
-        machine = QemuConfig(kernel=Path(s.manifest["guest"]["kernel"]),
-                             smp=s.manifest["machine"]["smp"], quantum=s.manifest["quantum"],
-                             memory=s.manifest["machine"]["memory"], mode="trace",
-                             icount_shift=s.manifest["icount_shift"],
-                             board=dataclasses.replace(board))
-        spec = RunSpec(machine=machine, timing=chmu_cfg if policy == "chmu" else base_cfg,
-                       preset=args.preset, config_file=args.config, store=store, snapshot=s,
-                       console=sys.stderr if args.json else sys.stdout)
-        summary = Session(spec).run()
-        if summary.get("workload_exit_code") != 0:
-            raise CosimError(f"{args.workload} under {policy} ended with exit code "
-                             f"{summary.get('workload_exit_code')}; see its output above")
+        summary = run_from(args, store, s, board, chmu_cfg if policy == "chmu" else base_cfg,
+                           f"{args.workload} under {policy}")
         rows.append(tiering.row(policy, summary, args.workload, work_key))
     if args.json:
         json.dump({"workload": args.workload, "args": args.args, "pressure": exp.pressure,
