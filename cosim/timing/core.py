@@ -226,8 +226,18 @@ def run_turn(K: CoreArrays, H: Hier, c: int, recs: np.ndarray, executed: int) ->
             ldhead = (ldhead + 1) & (LD_RING - 1)
             ld_done[u(ldhead)] = done
             if done > now + l1d_lat:
-                # entries older than rob instructions were retired above, so
-                # at most rob - 1 remain and the ring has room
+                # entries older than rob instructions were retired above, but one
+                # instruction can load many times (``rep movs`` copies a page as
+                # one instruction, each load its own micro-op): a full buffer
+                # stalls dispatch until its oldest entry completes, as for stores
+                if count == rob:
+                    oldest = fifo_done[u(head)]
+                    if oldest > now:
+                        cycles[u(fifo_cat[u(head)])] += oldest - now
+                        stall += oldest - now
+                        now = oldest
+                    head = _wrap(head + 1, rob)
+                    count -= 1
                 tail = u(_wrap(head + count, rob))
                 fifo_idx[tail] = ai
                 fifo_done[tail] = done
