@@ -40,6 +40,7 @@ from .timing.config import Config
 from .timing.engine import TimingRun
 from .timing.rounds import RoundRun
 from .timing.memory import TICKS_PER_CYCLE
+from .timing.timeline import Timeline
 
 if TYPE_CHECKING:
     from .control import Controller
@@ -77,6 +78,7 @@ class RunSpec:
     console: TextIO | Path | None = None
     paused: bool = False                # start paused (wait for the control plane)
     until_marker: str | None = None     # stop at the first report after the console shows it
+    timeline_ns: int = 0                # under timing: traffic per interval of this many ns
 
 
 class Session:
@@ -192,6 +194,9 @@ class Session:
         self.engine = self._engine_class()(self.bridge, self.schedule, self.model, limit,
                                 on_report=self._on_report, whole_turns=spec.save is not None,
                                 resume=resume, hold=self._hold, on_progress=self._on_progress)
+        if spec.timeline_ns > 0:
+            self.engine.timeline = Timeline(self.model, spec.timeline_ns,
+                                            int(self.model.K.scal[:, core.T_TIME].max()))
         if not (self._stop or self.schedule.exited):
             self.engine.run()
 
@@ -443,6 +448,8 @@ class Session:
                                     parked=engine.parked if engine is not None else None)
         if self.model.chmu is not None:
             doc["chmu"] = self.model.chmu.document()
+        if engine is not None and engine.timeline is not None:
+            doc["timeline"] = engine.timeline.document()
         if engine is not None:
             doc["order"] = self.order
             doc["max_time_skew_cycles"] = engine.max_time_skew // TICKS_PER_CYCLE

@@ -78,6 +78,7 @@ from . import core
 from .clock import GuestClock, rate_between
 from .memory import TICKS_PER_CYCLE
 from .state import Model
+from .timeline import Timeline
 
 _NO_RECORDS = np.empty(0, dtype=RECORD_DTYPE)
 _NO_BYTES = np.empty(0, dtype=np.uint8)
@@ -183,6 +184,7 @@ class TimingRun:
         self._in_flight = False         # the next command already runs in QEMU
         self.early_starts = 0           # continuations started before the model fed
         self._span_ticks = self.clock.ticks(self.clock.offset_ns + BATCH_SPAN_NS)
+        self.timeline: Timeline | None = None   # traffic per interval, when asked for
 
     def state(self) -> dict:
         """What a snapshot needs to continue the order of turns (see module doc)."""
@@ -410,14 +412,17 @@ class TimingRun:
         return self._next_cmd[v] is not None and not self._in_flight
 
     def _epochs(self, deferred: bool) -> None:
-        """Close the CHMU epochs simulated time has passed (at a report boundary).
+        """Close the CHMU epochs and timeline intervals simulated time has passed (at a
+        report boundary).
 
         ``deferred``: a command decided before this report was fed is still
         to be sent (see ``chmu_device``).
         """
+        now = int(self.model.K.scal[:, core.T_TIME].max())
         if self.model.chmu is not None:
-            self.model.chmu.advance(int(self.model.K.scal[:, core.T_TIME].max()), deferred,
-                                    self._in_flight)
+            self.model.chmu.advance(now, deferred, self._in_flight)
+        if self.timeline is not None:
+            self.timeline.sample(now)
 
     # -- what a report tells ------------------------------------------------
 
