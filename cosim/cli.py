@@ -30,6 +30,7 @@ from .libqflex_bridge import QemuConfig, printable, qemu_binary
 from .boards import DEFAULT_MEMORY, DEFAULT_QUANTUM, DEFAULT_SMP, parse_size
 from .limits import MAX_QUANTUM, MAX_SMP
 from .session import RunSpec, Session
+from . import tiering as tiering_mod
 from .timing import chmu_spec
 from .timing import config as timing_config
 from .timing import stats as timing_stats
@@ -279,16 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
         "tiering", help="run a workload under several page-placement policies and compare",
         description="Restore the boot snapshot, fill node 0 so the workload spills to the CXL "
                     "node, and run it under each policy (none: static placement; "
-                    "numa-balancing: Linux's tiering mode; chmu: the CHMU-driven promoter) "
-                    "with the timing model; print the workload's own figure, traffic and the "
-                    "kernel's migration counters side by side.")
+                    "numa-balancing: Linux's tiering mode; damon: DAMON's migrate_hot and "
+                    "migrate_cold schemes started with damo as HMSDK does; chmu: the "
+                    "CHMU-driven promoter) with the timing model; print the workload's own "
+                    "figure, traffic and the kernel's migration counters side by side.")
     tiering.add_argument("--snapshot", default="boot_done", metavar="NAME",
-                         help="boot snapshot (default boot_done; made with cosim boot if missing)")
+                         help="boot snapshot (default boot_done; made if missing, with "
+                              f"{tiering_mod.DAMO} in the guest for the damon policy: "
+                              f"cosim boot {tiering_mod.boot_options()})")
     tiering.add_argument("--workload", default="gups", metavar="NAME", help="default: gups")
     tiering.add_argument("--args", default="-s 256M -n 8M", metavar="'ARGS'",
                          help="workload arguments (default: '-s 256M -n 8M')")
-    tiering.add_argument("--policies", default="none,numa-balancing,chmu", metavar="P,Q",
-                         help="policies to compare (default: none,numa-balancing,chmu)")
+    tiering.add_argument("--policies", default="none,numa-balancing,damon,chmu", metavar="P,Q",
+                         help="policies to compare (default: none,numa-balancing,damon,chmu; "
+                              "damon needs a snapshot whose guest has damo, see --snapshot)")
     tiering.add_argument("--pressure", default="0.9", metavar="FRACTION",
                          help="share of node 0's free memory taken before the workload starts "
                               "(default 0.9)")
@@ -296,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a NUMA balancing knob for the numa-balancing policy (scan_delay_ms, "
                               "scan_period_min_ms, scan_period_max_ms, scan_size_mb, "
                               "hot_threshold_ms, promote_rate_limit_MBps; default: the kernel's)")
+    tiering.add_argument("--damon-intervals", default="5ms,100ms,1s", metavar="S,A,U",
+                         help="DAMON's sampling, aggregation and update intervals for the damon "
+                              "policy (default 5ms,100ms,1s; HMSDK's ages and quotas scale "
+                              "with the aggregation interval)")
+    tiering.add_argument("--interval", default="5ms", metavar="TIME",
+                         help="interval of the timelines: migration counters sampled in the "
+                              "guest, the model's traffic per interval (default 5ms)")
+    tiering.add_argument("--plot", type=Path, metavar="DIR",
+                         help="write PNG charts per policy: CXL share and migrations over time, "
+                              "page hotness heatmap")
     tiering.add_argument("--chmu", default=TIERING_CHMU, metavar="SPEC",
                          help=f"the CHMU for the chmu policy (default {TIERING_CHMU})")
     tiering.add_argument("--work-key", default=None, metavar="KEY",
@@ -636,16 +651,19 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0
 
 
-def boot_snapshot(args: argparse.Namespace, command: str
+def boot_snapshot(args: argparse.Namespace, command: str, pip: Sequence[str] = (),
+                  packages: Sequence[str] = ()
                   ) -> tuple[snap.Store, snap.Snapshot, "linux_machine.LinuxBoard"]:
-    """The Linux snapshot of ``--snapshot`` (booted and saved first if it is missing) and its
-    machine, for a command that runs workloads from it (``tiers``, ``tiering``)."""
+    """The Linux snapshot of ``--snapshot`` (booted and saved first if it is missing, with
+    ``pip``'s and ``packages``' packages in the guest) and its machine, for a command that
+    runs workloads from it (``tiers``, ``tiering``)."""
     from . import linux_flow
     store = snap.Store(args.snapshot_dir)
     if not store.exists(args.snapshot):
         print(f"cosim {command}: no snapshot {args.snapshot} yet: booting the guest to make it "
               "(once)", file=sys.stderr, flush=True)
         args.node_memory, args.cxl = "1G", None
+        args.pip, args.package = list(pip), list(packages)
         req = boot_request(args, args.snapshot, False, None, store)
         linux_flow.boot(req, store, log=linux_flow.stderr_log)
     ns = argparse.Namespace(snapshot=args.snapshot, kernel=None, smp=None, memory=None,
@@ -655,16 +673,19 @@ def boot_snapshot(args: argparse.Namespace, command: str
 
 
 def run_from(args: argparse.Namespace, store: snap.Store, s: snap.Snapshot,
-             board: "linux_machine.LinuxBoard", timing: timing_config.Config, what: str) -> dict:
+             board: "linux_machine.LinuxBoard", timing: timing_config.Config, what: str,
+             timeline_ns: int = 0) -> dict:
     """One timing run of ``board.command`` from snapshot ``s``; its summary, or one line if the
-    workload failed (``what`` says which run)."""
+    workload failed (``what`` says which run). ``timeline_ns``: keep the model's traffic per
+    interval of that many ns."""
     machine = QemuConfig(kernel=Path(s.manifest["guest"]["kernel"]),
                          smp=s.manifest["machine"]["smp"], quantum=s.manifest["quantum"],
                          memory=s.manifest["machine"]["memory"], mode="trace",
                          icount_shift=s.manifest["icount_shift"],
                          board=dataclasses.replace(board))
     spec = RunSpec(machine=machine, timing=timing, preset=args.preset, config_file=args.config,
-                   store=store, snapshot=s, console=sys.stderr if args.json else sys.stdout)
+                   store=store, snapshot=s, console=sys.stderr if args.json else sys.stdout,
+                   timeline_ns=timeline_ns)
     summary = Session(spec).run()
     if summary.get("workload_exit_code") != 0:
         raise CosimError(f"{what} ended with exit code {summary.get('workload_exit_code')}; "
@@ -716,16 +737,31 @@ WORK_KEYS = {"gups": "updates", "hotcold": "accesses"}
 
 
 def cmd_tiering(args: argparse.Namespace) -> int:
-    from . import linux_flow, tiering
+    from . import guest_image, linux_flow, tiering
     policies = tiering.parse_policies(args.policies)
-    exp = tiering.Experiment(workload=args.workload, args=args.args, policies=policies,
-                             pressure=tiering.parse_pressure(args.pressure),
-                             knobs=dict(tiering.parse_knob(k) for k in args.knobs))
+    exp = tiering.Experiment(
+        workload=args.workload, args=args.args, policies=policies,
+        pressure=tiering.parse_pressure(args.pressure),
+        knobs=dict(tiering.parse_knob(k) for k in args.knobs),
+        damon_us=tiering.parse_damon_intervals(args.damon_intervals),
+        interval_us=tiering.parse_duration_us(args.interval, "--interval", 100, 10_000_000))
+    if args.plot is not None:
+        writable_dir(args.plot, "--plot")
     base_cfg = timing_config.load(args.preset, args.config)
     chmu_cfg = chmu_spec.apply(base_cfg, args.chmu) if "chmu" in policies else None
-    store, s, board = boot_snapshot(args, "tiering")
-    argv = shlex.split(linux_flow.workload_command(linux_flow.workloads_of(board), args.workload,
-                                                   args.args, None, board.nodes))
+    damon = "damon" in policies
+    store, s, board = boot_snapshot(args, "tiering", [tiering.DAMO] if damon else [],
+                                    tiering.DAMON_PACKAGES if damon else [])
+    image = guest_image.GuestImage(board.initrd.parent)
+    if "damon" in policies:
+        tiering.check_damo(image.manifest, args.snapshot)
+    workloads = image.workloads
+    exp.vmlog = "vmlog" in workloads
+    if not exp.vmlog:
+        print(f"cosim tiering: snapshot {args.snapshot}'s guest predates vmlog: no migration "
+              "timeline (boot a new snapshot for it)", file=sys.stderr)
+    argv = shlex.split(linux_flow.workload_command(workloads, args.workload, args.args, None,
+                                                   board.nodes))
     work_key = args.work_key or WORK_KEYS.get(args.workload)
     if work_key is None:
         raise CosimError(f"--workload {args.workload}: say which RESULT key counts its work "
@@ -736,16 +772,28 @@ def cmd_tiering(args: argparse.Namespace) -> int:
         print(f"cosim tiering: {args.workload} {args.args} under {policy}, node 0 "
               f"{exp.pressure:.0%} taken (timing model)", file=sys.stderr, flush=True)
         summary = run_from(args, store, s, board, chmu_cfg if policy == "chmu" else base_cfg,
-                           f"{args.workload} under {policy}")
+                           f"{args.workload} under {policy}", timeline_ns=exp.interval_us * 1000)
         rows.append(tiering.row(policy, summary, args.workload, work_key))
+    written = []
+    if args.plot is not None:
+        from . import tiering_plots
+        written = tiering_plots.write_plots(rows, args.plot, f"{args.workload} {args.args}")
     if args.json:
         json.dump({"workload": args.workload, "args": args.args, "pressure": exp.pressure,
-                   "knobs": exp.knobs, "chmu": args.chmu, "policies": rows}, sys.stdout, indent=2)
+                   "knobs": exp.knobs, "chmu": args.chmu, "damon_intervals_us": exp.damon_us,
+                   "interval_us": exp.interval_us, "snapshot": args.snapshot,
+                   "smp": s.manifest["machine"]["smp"], "policies": rows,
+                   "plots": [str(p) for p in written]}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     print(f"\n== cosim tiering: {args.workload} {args.args}, snapshot {args.snapshot}, "
           f"node 0 {exp.pressure:.0%} taken, {s.manifest['machine']['smp']} vCPUs ==")
     print(tiering.table(rows, work_key))
+    damon = tiering.damon_table(rows)
+    if damon:
+        print(f"\nDAMON's schemes (damo start {tiering.DAMON_FILE}):\n{damon}")
+    for p in written:
+        print(f"wrote {p}")
     return 0
 
 

@@ -85,6 +85,15 @@ def linux_cxl(tmp_path_factory) -> tuple[Path, str]:
     return root, linux_boot(root, "boot_cxl", "--cxl")
 
 
+@pytest.fixture(scope="session")
+def linux_damo(tmp_path_factory) -> tuple[Path, str]:
+    """One Linux boot with damo in the guest's Python (``boot_done``, ``cosim boot --pip``),
+    as ``cosim tiering`` boots it for the damon policy."""
+    from cosim.tiering import boot_options
+    root = tmp_path_factory.mktemp("linux-damo-snapshots")
+    return root, linux_boot(root, "boot_done", *boot_options().split())
+
+
 def linux_run(root: Path, name: str, *args: str) -> dict:
     """``cosim run --snapshot NAME --json ...``: the summary."""
     proc = cosim("run", "--snapshot", name, "--snapshot-dir", str(root), "--json", *args,

@@ -20,6 +20,9 @@ from cosim import guest_image, paths
 from cosim.errors import CosimError
 from cosim.libqflex_bridge import qemu_binary
 from cosim.linux_machine import LinuxBoard
+from cosim.tiering import DAMO
+
+VERSION = DAMO.partition("==")[2]
 
 BOOT_TIMEOUT = 240  # s; a boot takes 12-25 s of wall time on the 2-core machine
 
@@ -70,7 +73,7 @@ def test_image_has_kernel_initrd_manifest(image):
     assert m["packages"]["busybox-static"] == dict(guest_image.PINNED_PACKAGES)["busybox-static"]
     assert m["inputs_hash"][:12] in image.root.name
     assert image.workloads == ["chmu", "fill", "gups", "hotcold", "nap", "pchase", "stream",
-                               "threads"]
+                               "threads", "vmlog"]
     listing = _initrd_listing(image.initrd)
     for f in ("init", "bin/busybox", "sbin/cosim-cmd", "usr/bin/numactl",
               "lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu/libnuma.so.1",
@@ -328,15 +331,18 @@ def test_a_package_debian_does_not_have_is_one_line(tmp_path, scratch_cache):
 def test_a_pypi_package_goes_into_the_guests_python(tmp_path):
     """--pip damo: python3 comes with it (apt's resolver), the wheel is unpacked into Debian's
     Python path and damo's command runs in the booted guest."""
-    img = guest_image.build_image(pip=["damo==3.4.3"], log=lambda m: None)
+    img = guest_image.build_image(pip=[DAMO], log=lambda m: None)
     assert "python3" in img.manifest["extra_packages"]["requested"]
-    assert [w["wheel"] for w in img.manifest["pip"]] == ["damo-3.4.3-py3-none-any.whl"]
+    assert [w["wheel"] for w in img.manifest["pip"]] == [f"damo-{VERSION}-py3-none-any.whl"]
     assert {"damo", "python3"} <= set(img.workloads)
     listing = _initrd_listing(img.initrd)
     assert f"{guest_image.PIP_TARGET}/damo/damo.py" in listing and "usr/bin/damo" in listing
     rc, text, _, board = _boot(img, tmp_path, "/workloads/damo version")
     assert rc == 0 and board.exit_code(text) == 0, text[-2000:]
-    assert "3.4.3" in _lines(text)
+    assert VERSION in _lines(text)
+    # compiled on the host, so that python3 in the guest does not compile them on every run
+    assert f"{guest_image.PIP_TARGET}/damo/__pycache__/damo.cpython-311.pyc" in listing
+    assert any(p.startswith("usr/lib/python3.11/__pycache__/") for p in listing)
 
 
 def test_a_pypi_package_without_a_pure_python_wheel_is_one_line(scratch_cache):
