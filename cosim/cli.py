@@ -753,7 +753,7 @@ def cmd_tiering(args: argparse.Namespace) -> int:
     store, s, board = boot_snapshot(args, "tiering", [tiering.DAMO] if damon else [],
                                     tiering.DAMON_PACKAGES if damon else [])
     image = guest_image.GuestImage(board.initrd.parent)
-    if "damon" in policies:
+    if damon:
         tiering.check_damo(image.manifest, args.snapshot)
     workloads = image.workloads
     exp.vmlog = "vmlog" in workloads
@@ -789,9 +789,9 @@ def cmd_tiering(args: argparse.Namespace) -> int:
     print(f"\n== cosim tiering: {args.workload} {args.args}, snapshot {args.snapshot}, "
           f"node 0 {exp.pressure:.0%} taken, {s.manifest['machine']['smp']} vCPUs ==")
     print(tiering.table(rows, work_key))
-    damon = tiering.damon_table(rows)
-    if damon:
-        print(f"\nDAMON's schemes (damo start {tiering.DAMON_FILE}):\n{damon}")
+    damon_stats = tiering.damon_table(rows)
+    if damon_stats:
+        print(f"\nDAMON's schemes (damo start {tiering.DAMON_FILE}):\n{damon_stats}")
     for p in written:
         print(f"wrote {p}")
     return 0

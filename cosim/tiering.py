@@ -47,8 +47,8 @@ from .timing.chmu_spec import _time_ns
 
 POLICIES = ("none", "numa-balancing", "damon", "chmu")
 
-#: damo for the damon policy: 2.6.7 is the last release whose ``damo show`` works (2.6.8 broke it, 2.7 replaced it by
-#: ``damo report access``), the command the lab notes use
+#: damo for the damon policy: 2.6.7 is the last release whose ``damo show`` (the command the
+#: lab notes use) works; 2.6.8 broke it, 2.7 replaced it by ``damo report access``
 DAMO = "damo==2.6.7"
 #: Debian packages the damon policy needs beside damo: ``damo show`` pages its output through
 #: ``less --RAW-CONTROL-CHARS``, which busybox's less does not take (Debian's, its output not a
