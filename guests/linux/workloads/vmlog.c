@@ -6,13 +6,18 @@
  * Each line is one write(2), so that lines of a workload printing at the
  * same time are not cut into.  t_us counts from vmlog's start.  Counters are
  * cumulative; the host takes the differences.  Besides /proc/vmstat's
- * migration events, when DAMON runs (its sysfs has kdamonds) it asks each
- * kdamond to update its schemes' statistics and sums the bytes its
- * migrate_hot and migrate_cold schemes moved (sz_applied), since DAMON's
- * migrations are not promotions or demotions in vmstat's sense.
+ * migration events, when DAMON runs (its sysfs has kdamonds) it sums the
+ * bytes its migrate_hot and migrate_cold schemes moved (sz_applied), since
+ * DAMON's migrations are not promotions or demotions in vmstat's sense.
+ * Those statistics are refreshed by writing update_schemes_stats to a
+ * kdamond's state file, which waits for the kdamond (up to an aggregation
+ * interval and more while it migrates): a child process does that every
+ * interval, so that the samples keep their pace.
  */
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
+#include <sys/prctl.h>
 
 #include "common.h"
 
@@ -58,17 +63,35 @@ static void put(const char *path, const char *text)
     }
 }
 
-/* Bytes DAMON's migrate_hot and migrate_cold schemes have applied so far. */
+static int kdamonds(void)
+{
+    char buf[32];
+    return slurp(DAMON "/nr_kdamonds", buf, sizeof buf) > 0 ? atoi(buf) : 0;
+}
+
+/* The child: ask every kdamond to refresh its schemes' statistics, every interval. */
+static void refresh_damon_stats(uint64_t interval_us)
+{
+    char path[256];
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    struct timespec ts = {(time_t)(interval_us / 1000000), (long)(interval_us % 1000000) * 1000};
+    for (;;) {
+        int nk = kdamonds();
+        for (int k = 0; k < nk; k++) {
+            snprintf(path, sizeof path, DAMON "/%d/state", k);
+            put(path, "update_schemes_stats");
+        }
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Bytes DAMON's migrate_hot and migrate_cold schemes had applied at the last refresh. */
 static void damon_bytes(unsigned long long *hot, unsigned long long *cold)
 {
     char buf[256], path[256];
     *hot = *cold = 0;
-    if (slurp(DAMON "/nr_kdamonds", buf, sizeof buf) < 0)
-        return;
-    int nk = atoi(buf);
+    int nk = kdamonds();
     for (int k = 0; k < nk; k++) {
-        snprintf(path, sizeof path, DAMON "/%d/state", k);
-        put(path, "update_schemes_stats");
         for (int s = 0;; s++) {
             snprintf(path, sizeof path, DAMON "/%d/contexts/0/schemes/%d/action", k, s);
             if (slurp(path, buf, sizeof buf) < 0)
@@ -97,6 +120,11 @@ int main(int argc, char **argv)
         }
     }
     no_operands(argc, argv, optind);
+    pid_t child = fork();
+    if (child == 0) {
+        refresh_damon_stats(interval_us);
+        return 0;
+    }
     static char vmstat[16384];
     char line[1024];
     uint64_t start = now_ns(), next = start;
