@@ -1,0 +1,89 @@
+"""``cosim sweep`` specs: the grid of the axes, explicit points, digests, and bad specs.
+
+Unit tests of the spec alone (nothing runs): every refusal is one line
+naming the bad key or value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cosim.errors import CosimError
+from cosim.sweep_spec import load
+
+GRID = '''
+[base]
+snapshot = "boot_done"
+workload = "gups"
+args = "-s 64M -n 1M"
+timing = true
+
+[axes]
+"cxl.device_latency_ns" = [100, 200, 300]
+preset = ["cxl-direct", "cxl-switch"]
+'''
+
+
+def _spec(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "sweep.toml"
+    p.write_text(text)
+    return p
+
+
+def test_the_axes_make_a_grid_of_checked_points(tmp_path):
+    spec = load(_spec(tmp_path, GRID))
+    assert len(spec.points) == 6
+    assert [p.params for p in spec.points[:2]] == [
+        {"cxl.device_latency_ns": 100, "preset": "cxl-direct"},
+        {"cxl.device_latency_ns": 100, "preset": "cxl-switch"}]
+    first = spec.points[0]
+    assert first.flags == {"snapshot": "boot_done", "workload": "gups", "args": "-s 64M -n 1M",
+                           "timing": True, "preset": "cxl-direct"}
+    assert first.config == {"cxl": {"device_latency_ns": 100}}
+    assert len({p.digest for p in spec.points}) == 6
+    # the digest is of the settings, not of the file: the same spec reads the same
+    assert [p.digest for p in load(_spec(tmp_path, GRID)).points] == \
+        [p.digest for p in spec.points]
+
+
+def test_explicit_points_and_base_config_fields(tmp_path):
+    spec = load(_spec(tmp_path, '''
+[base]
+snapshot = "boot_done"
+"llc.size_kib" = 4096
+[[points]]
+"cxl.switch_hops" = 0
+[[points]]
+"cxl.switch_hops" = 2
+smp = 4
+'''))
+    assert [p.config for p in spec.points] == [
+        {"llc": {"size_kib": 4096}, "cxl": {"switch_hops": 0}},
+        {"llc": {"size_kib": 4096}, "cxl": {"switch_hops": 2}}]
+    assert spec.points[1].flags["smp"] == 4
+
+
+@pytest.mark.parametrize("text, words", [
+    (GRID.replace('"cxl.device_latency_ns"', '"cxl.device_latency"'),
+     ("cxl.device_latency", "device_latency_ns")),
+    (GRID.replace("[100, 200, 300]", "[100, 200000, 300]"), ("200000", "10000")),
+    (GRID.replace("[100, 200, 300]", "[]"), ("cxl.device_latency_ns", "non-empty")),
+    (GRID.replace('preset = ["cxl-direct", "cxl-switch"]', 'preset = ["cxl-direct", "fast"]'),
+     ("fast", "cxl-switch")),
+    (GRID.replace('timing = true', 'timing = true\nsmp = 0'), ("smp", "1..64")),
+    (GRID.replace('workload = "gups"', 'wrkload = "gups"'), ("wrkload", "workload")),
+    (GRID.replace('snapshot = "boot_done"\n', ''), ("snapshot = NAME",)),
+    (GRID.replace("[axes]", "[axis]"), ("axis",)),
+    (GRID + "\n[[points]]\nsmp = 2\n", ("either",)),
+    ("[base\n", ("not TOML",)),
+    (GRID.replace("[100, 200, 300]", "[100, 100]"), ("same run",)),
+])
+def test_a_bad_spec_is_one_line(tmp_path, text, words):
+    with pytest.raises(CosimError) as e:
+        load(_spec(tmp_path, text))
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
