@@ -87,3 +87,25 @@ def test_a_bad_spec_is_one_line(tmp_path, text, words):
     assert "\n" not in msg, msg
     for w in words:
         assert w in msg, (w, msg)
+
+
+def test_a_point_becomes_a_cosim_run_command_and_config_file(tmp_path):
+    import tomllib
+
+    from cosim.sweep_run import command, config_toml, headline
+    point = load(_spec(tmp_path, GRID)).points[3]
+    text = config_toml(point.config)
+    assert tomllib.loads(text) == {"cxl": {"device_latency_ns": 200}}
+    argv = command(point, tmp_path / "c.toml", tmp_path / "snaps")
+    assert argv[2:5] == ["cosim.cli", "run", "--json"]
+    assert argv[argv.index("--preset") + 1] == "cxl-switch"
+    assert "--args=-s 64M -n 1M" in argv and "--timing" in argv
+    assert argv[argv.index("--config") + 1] == str(tmp_path / "c.toml")
+    tier = {"reads": 10, "writes": 2, "mean_latency_ns": 90.0, "p99_latency_ns": 100.0,
+            "bandwidth_gbps": 1.5}
+    row = headline({"session_insns": 400, "digest": "d", "wall_seconds": 1.0, "timing": {
+        "cycles": 1000, "seconds": 1e-6, "memory": {"dram": tier, "cxl": tier},
+        "cores": [{"instructions": 300, "cpi_stack": {"base": 1.0, "dram": 2.0}},
+                  {"instructions": 100, "cpi_stack": {"base": 1.0, "dram": 0.0}}]}})
+    assert row["cycles"] == 1000 and row["cxl_reads"] == 10
+    assert row["cpi_dram"] == 1.5 and row["cpi_base"] == 1.0
