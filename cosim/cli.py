@@ -347,6 +347,29 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             c.add_argument("--json", action="store_true", help="print the status as JSON")
 
+    sweep = sub.add_parser(
+        "sweep", help="run many points from one spec on Dask, into one table",
+        description="Run the points of SPEC.toml ([base] and [axes] or [[points]]) as cosim "
+                    "runs on a Dask cluster (a LocalCluster sized to the machine by default), "
+                    "into one table with a row per point; a rerun skips the points done.")
+    sweep.add_argument("spec", type=Path, metavar="SPEC.toml", help="the sweep's spec, or 'plot'")
+    sweep.add_argument("table", nargs="?", type=Path, metavar="TABLE",
+                       help="with 'plot': the table a sweep wrote")
+    sweep.add_argument("--out", type=Path, metavar="DIR",
+                       help="results (default: SPEC's name next to it, SPEC.d/); every worker "
+                            "must see it")
+    sweep.add_argument("--csv", action="store_true", help="write the table as CSV, not Parquet")
+    sweep.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running Dask scheduler (tcp://HOST:PORT) instead of a local cluster")
+    sweep.add_argument("--slurm", action="store_true",
+                       help="start the workers as Slurm jobs (dask-jobqueue)")
+    sweep.add_argument("--workers", type=positive_int("--workers", "workers"), metavar="N",
+                       help="local or Slurm workers (default: the machine's cores, 2 for Slurm)")
+    sweep.add_argument("--x", metavar="FIELD", help="with plot: the x axis (a column)")
+    sweep.add_argument("--y", metavar="STAT", help="with plot: the y axis (a column)")
+    sweep.add_argument("--hue", metavar="FIELD", help="with plot: one line per value of FIELD")
+    add_snapshot_dir(sweep)
+
     cfg = sub.add_parser("config", help="timing-model configuration",
                          description="Show the effective timing configuration.")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -797,6 +820,43 @@ def cmd_tiering(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep_run, sweep_spec
+    if str(args.spec) == "plot":
+        from . import sweep_plot
+        if args.table is None or not (args.x and args.y):
+            raise CosimError("cosim sweep plot TABLE --x FIELD --y STAT [--hue FIELD]: "
+                             "give the table and both axes")
+        print(f"wrote {sweep_plot.plot(args.table, args.x, args.y, args.hue)}")
+        return 0
+    spec = sweep_spec.load(args.spec)
+    out = args.out or args.spec.with_suffix(".d")
+    store = snap.Store(args.snapshot_dir)
+    for name in sorted({p.flags["snapshot"] for p in spec.points if "snapshot" in p.flags}):
+        if not store.exists(name):
+            raise CosimError(f"sweep spec {args.spec}: snapshot {name!r} is not in "
+                             f"{store.root} (cosim snapshot list)")
+    from tqdm import tqdm
+    bar = tqdm(total=len(spec.points), unit="point", desc="cosim sweep", file=sys.stderr)
+    bar.update(len(spec.points) - sum(1 for p in spec.points
+                                      if sweep_run.done_row(p, out) is None))
+
+    def progress(done: int, failed: int, running: int, total: int) -> None:
+        bar.n = len(spec.points) - total + done + failed
+        bar.set_postfix(failed=failed, left=running)
+        bar.refresh()
+
+    with sweep_run.client(args.scheduler, args.slurm, args.workers) as client:
+        rows = sweep_run.run(spec, out, store.root, client, progress)
+    bar.close()
+    table = sweep_run.write_table(rows, out / ("results.csv" if args.csv else "results.parquet"))
+    failed = [r for r in rows if r["status"] != "done"]
+    print(f"cosim sweep: {len(rows) - len(failed)} points done, {len(failed)} failed; {table}")
+    for r in failed:
+        print(f"  failed {r['digest']}: {r['error']}")
+    return 1 if failed else 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = timing_config.load(args.preset, args.config)
     title = f"cosim timing configuration: preset {args.preset or '(defaults)'}" + (
@@ -828,7 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "config": cmd_config, "regress": cmd_regress, "snapshot": cmd_snapshot,
                 "status": cmd_client, "pause": cmd_client, "resume": cmd_client,
                 "stop": cmd_client, "guest": cmd_guest, "boot": cmd_boot, "tiers": cmd_tiers,
-                "tiering": cmd_tiering}
+                "tiering": cmd_tiering, "sweep": cmd_sweep}
     try:
         return handlers[args.command](args)
     except CosimError as e:
