@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import CosimError
-from .timing.plots import _save, plt
+from .timing.plots import save_figure, plt
 
 
 def plot(table: Path, x: str, y: str, hue: str | None) -> Path:
@@ -32,4 +32,4 @@ def plot(table: Path, x: str, y: str, hue: str | None) -> Path:
     if hue:
         ax.legend(fontsize="small")
     out = table.with_name(f"{table.stem}-{y}-vs-{x}.png")
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from .errors import CosimError
 from .linux_flow import result_value
-from .timing.chmu_spec import _time_ns
+from .timing.chmu_spec import time_ns
 
 POLICIES = ("none", "numa-balancing", "damon", "chmu")
 
@@ -145,7 +145,7 @@ def parse_knob(text: str) -> tuple[str, int]:
 def parse_duration_us(text: str, option: str, low_us: int, high_us: int) -> int:
     """``5ms`` -> 5000, checked against [low_us, high_us]."""
     try:
-        us = _time_ns(text) / 1e3
+        us = time_ns(text) / 1e3
     except ValueError:
         us = -1.0
     if not low_us <= us <= high_us or us != int(us):

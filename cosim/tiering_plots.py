@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing.plots import _save, plt
+from .timing.plots import save_figure, plt
 
 
 def _share(timeline: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +44,7 @@ def _timeline(row: dict, title: str, path: Path) -> Path:
     bottom.axhline(0, color="black", linewidth=0.5)
     bottom.set_ylabel("pages per interval")
     bottom.set_xlabel("simulated time since the run's start (ms)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _heatmap(row: dict, title: str, path: Path) -> Path:
@@ -65,7 +65,7 @@ def _heatmap(row: dict, title: str, path: Path) -> Path:
     ax.set_xlabel("simulated time since the run's start (ms)")
     ax.set_ylabel(f"address bin ({len(heat['bin_addresses'])} over RAM)")
     ax.set_title(f"{row['policy']}: page hotness, {title}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _shares(rows: list[dict], title: str, path: Path) -> Path:
@@ -78,7 +78,7 @@ def _shares(rows: list[dict], title: str, path: Path) -> Path:
     ax.set_ylabel("CXL share of reads")
     ax.set_title(f"CXL share per policy: {title}")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(rows: list[dict], out: Path, title: str) -> list[Path]:

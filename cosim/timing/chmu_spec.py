@@ -27,7 +27,9 @@ def _size(text: str) -> int:
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2)]
 
 
-def _time_ns(text: str) -> float:
+def time_ns(text: str) -> float:
+    """Nanoseconds of a time with its unit ("500us", "1ms", "2s"); a ValueError says what
+    is wanted (the callers turn it into their one-line error)."""
     m = _TIME.fullmatch(text.strip())
     if not m:
         raise ValueError("want a time with its unit, such as 500us, 1ms or 2s")
@@ -48,7 +50,7 @@ def _text(text: str) -> str:
 KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "tracker": ("tracker", _text),
     "unit": ("unit_bytes", _size),
-    "epoch": ("epoch_us", lambda t: _time_ns(t) / 1e3),
+    "epoch": ("epoch_us", lambda t: time_ns(t) / 1e3),
     "threshold": ("threshold", _int),
     "capacity": ("hot_list", _int),
     "counters": ("counters", _int),
@@ -59,7 +61,7 @@ KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "depth": ("cm_depth", _int),
     "width": ("cm_width", _int),
     "sample-every": ("sample_every", _int),
-    "sample-period": ("sample_period_ns", _time_ns),
+    "sample-period": ("sample_period_ns", time_ns),
     "buffer": ("sample_buffer", _int),
     "epochs": ("report_epochs", _int),
     "samples": ("sample_file", _text),

@@ -26,12 +26,14 @@ def write_plots(doc: dict, out: Path) -> list[Path]:
     return written
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Lay out, write and close ``fig`` (every chart of cosim goes through here); an
+    unwritable path is a one-line error."""
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=100)
     except OSError as e:
-        raise CosimError(f"--plot: cannot write {path}: {e.strerror}") from None
+        raise CosimError(f"cannot write the chart {path}: {e.strerror}") from None
     finally:
         plt.close(fig)
     return path
@@ -50,7 +52,7 @@ def _cpi_stacks(doc: dict, path: Path) -> Path:
     ax.set_ylabel("cycles per instruction")
     ax.set_title("CPI stack")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _latency(doc: dict, path: Path) -> Path:
@@ -64,7 +66,7 @@ def _latency(doc: dict, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_title("Memory read latency distribution")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _hot_pages(doc: dict, path: Path) -> Path:
@@ -81,7 +83,7 @@ def _hot_pages(doc: dict, path: Path) -> Path:
     ax.set_title("Hottest 4 KiB pages")
     ax.invert_yaxis()
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _chmu_heatmap(c: dict, path: Path) -> Path:
@@ -99,7 +101,7 @@ def _chmu_heatmap(c: dict, path: Path) -> Path:
     ax.set_xlabel(f"epoch ({c['config']['epoch_us']:g} us)")
     ax.set_ylabel(f"address bin ({heat['rows']} per device)")
     ax.set_title(f"CXL device hotness: {bounds}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _chmu_accuracy(c: dict, path: Path) -> Path:
@@ -118,4 +120,4 @@ def _chmu_accuracy(c: dict, path: Path) -> Path:
     ax.set_title(f"CHMU hot-list accuracy ({c['config']['counters']} counters, "
                  f"unit {c['config']['unit_bytes']} B)")
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
