@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=positive_int("--workers", "workers"), metavar="N",
                        help="local or Slurm workers (default: the machine's cores, 2 for Slurm)")
     sweep.add_argument("--x", metavar="FIELD", help="with plot: the x axis (a column)")
-    sweep.add_argument("--y", metavar="STAT", help="with plot: the y axis (a column)")
+    sweep.add_argument("--y", metavar="STAT", help="with plot: the y axis (a column, or A/B: the ratio of two)")
     sweep.add_argument("--hue", metavar="FIELD", help="with plot: one line per value of FIELD")
     add_snapshot_dir(sweep)
 
@@ -836,24 +836,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not store.exists(name):
             raise CosimError(f"sweep spec {args.spec}: snapshot {name!r} is not in "
                              f"{store.root} (cosim snapshot list)")
+    for kernel in sorted({p.flags["kernel"] for p in spec.points if "kernel" in p.flags}):
+        try:
+            resolve_kernel(kernel)      # builds a built-in guest once, before the workers need it
+        except CosimError as e:
+            raise CosimError(f"sweep spec {args.spec}: {e}") from None
     from tqdm import tqdm
-    bar = tqdm(total=len(spec.points), unit="point", desc="cosim sweep", file=sys.stderr)
-    bar.update(len(spec.points) - sum(1 for p in spec.points
-                                      if sweep_run.done_row(p, out) is None))
-
-    def progress(done: int, failed: int, running: int, total: int) -> None:
-        bar.n = len(spec.points) - total + done + failed
-        bar.set_postfix(failed=failed, left=running)
-        bar.refresh()
-
     with sweep_run.client(args.scheduler, args.slurm, args.workers) as client:
-        rows = sweep_run.run(spec, out, store.root, client, progress)
-    bar.close()
+        ahead = sum(1 for p in spec.points if sweep_run.done_row(p, out) is not None)
+        bar = tqdm(total=len(spec.points), initial=ahead, unit="point", desc="cosim sweep",
+                   file=sys.stderr, dynamic_ncols=True)
+
+        def progress(done: int, failed: int, running: int) -> None:
+            bar.update(ahead + done + failed - bar.n)
+            bar.set_postfix(done=ahead + done, failed=failed, running=running)
+
+        try:
+            rows, earlier = sweep_run.run(spec, out, store.root, client, progress)
+        finally:
+            bar.close()
     table = sweep_run.write_table(rows, out / ("results.csv" if args.csv else "results.parquet"))
     failed = [r for r in rows if r["status"] != "done"]
-    print(f"cosim sweep: {len(rows) - len(failed)} points done, {len(failed)} failed; {table}")
+    print(f"cosim sweep: {len(rows)} points, {earlier} from an earlier run, "
+          f"{len(rows) - earlier - len(failed)} run now, {len(failed)} failed; {table}")
+    params = {p.digest: p.params for p in spec.points}
     for r in failed:
-        print(f"  failed {r['digest']}: {r['error']}")
+        where = ", ".join(f"{k}={v}" for k, v in params[r["digest"]].items())
+        print(f"  failed {r['digest']} ({where}): {r['error']}")
     return 1 if failed else 0
 
 

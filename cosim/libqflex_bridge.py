@@ -177,8 +177,9 @@ def plugin_path() -> Path:
     return lib
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the bridge process dies."""
+def die_with_parent() -> None:
+    """In a child before exec: get SIGKILL when the process that started it dies (QEMU
+    under the bridge, a sweep point's cosim run under its Dask worker)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -290,7 +291,7 @@ class Bridge:
         with open(self.stderr_path, "wb") as stderr:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=stderr, preexec_fn=_die_with_parent, start_new_session=True,
+                stderr=stderr, preexec_fn=die_with_parent, start_new_session=True,
             )
         self._emergency = interrupts.register(self._kill_now)
         try:

@@ -18,20 +18,29 @@ headline figures of the run (``headline``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import CosimError
+from .libqflex_bridge import die_with_parent
 from .sweep_spec import Point, Spec
 
-#: tries of a point whose worker died (Dask reschedules it elsewhere)
+#: tries of a point whose task raised (a worker that dies is Dask's to reschedule)
 RETRIES = 2
+#: Dask keys of the points (the progress counts these on the workers)
+KEY_PREFIX = "cosim-point-"
+#: how often the progress bar is refreshed
+POLL_SECONDS = 1.0
 
 
 def _toml_value(v: Any) -> str:
@@ -72,12 +81,30 @@ def command(point: Point, config_file: Path | None, snapshot_dir: Path | None) -
     return argv
 
 
+#: a guest's ``RESULT name key=value ...`` line, and its numeric pairs (bounded: guest output)
+_RESULT = re.compile(r"RESULT (\w{1,40}) (.*)")
+_PAIR = re.compile(r"\b(\w{1,40})=(-?\d{1,19}(?:\.\d{1,12})?)\b")
+
+
+def result_fields(lines: list[str]) -> dict[str, int | float]:
+    """The numbers the guest's workload printed, as ``name.key`` columns (``gups.loop_ns``):
+    the workload's own measure, by the guest's clock."""
+    fields: dict[str, int | float] = {}
+    for line in lines:
+        m = _RESULT.fullmatch(line.strip())
+        if m:
+            for key, value in _PAIR.findall(m.group(2)):
+                fields[f"{m.group(1)}.{key}"] = float(value) if "." in value else int(value)
+    return fields
+
+
 def headline(summary: dict) -> dict[str, Any]:
-    """The figures a row carries: cycles, simulated seconds, per-tier traffic, CPI stack,
-    CHMU accuracy."""
+    """The figures a row carries: instructions, cycles, simulated seconds, per-tier traffic,
+    the CPI stack, CHMU accuracy. All are deterministic (wall time stays in run.json), so
+    the same sweep gives the same table wherever it runs."""
     row: dict[str, Any] = {"instructions": summary.get("session_insns"),
-                           "digest_run": summary.get("digest"),
-                           "wall_seconds": summary.get("wall_seconds")}
+                           "digest_run": summary.get("digest")}
+    row.update(result_fields(summary.get("guest_results", [])))
     timing = summary.get("timing")
     if timing is None:
         return row
@@ -93,7 +120,7 @@ def headline(summary: dict) -> dict[str, Any]:
         row[f"cpi_{cat}"] = (sum(c["cpi_stack"][cat] * c["instructions"] for c in cores) / insns
                              if insns else 0.0)
     for name, acc in timing.get("chmu", {}).get("accuracy", {}).items():
-        for k, v in acc.items():
+        for k, v in (acc.items() if isinstance(acc, dict) else [("score", acc)]):
             row[f"chmu_{name}_{k}"] = v
     return row
 
@@ -102,8 +129,12 @@ def run_point(point: Point, out: str, snapshot_dir: str | None) -> dict[str, Any
     """One point, in the worker's process: run it, keep its JSON, return its row.
 
     A failed run is a row with status ``failed`` and the error's last line;
-    it raises only if the worker cannot write the output directory.
+    it raises only if the worker cannot see or write the output directory.
     """
+    if not (Path(out) / ".probe").is_file():
+        # a worker that joined after the check, on a machine that does not share the output
+        raise CosimError(f"this worker cannot see {out} (the output directory must be shared "
+                         "with every worker)")
     pdir = Path(out) / "points" / point.digest
     pdir.mkdir(parents=True, exist_ok=True)
     cfg = None
@@ -111,7 +142,9 @@ def run_point(point: Point, out: str, snapshot_dir: str | None) -> dict[str, Any
         cfg = pdir / "config.toml"
         cfg.write_text(config_toml(point.config))
     argv = command(point, cfg, Path(snapshot_dir) if snapshot_dir else None)
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    # the run dies with its worker: a killed worker leaves no cosim run (nor QEMU) behind,
+    # and Dask runs the point again elsewhere
+    proc = subprocess.run(argv, capture_output=True, text=True, preexec_fn=die_with_parent)
     row = {"digest": point.digest, **point.params}
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"]
@@ -145,29 +178,60 @@ def _check_shared(out: str, snapshot_dir: str | None) -> str:
     return ""
 
 
-def client(scheduler: str | None, slurm: bool, workers: int | None):  # -> distributed.Client
-    """The Dask client: LocalCluster (default), a running scheduler, or Slurm workers."""
+@contextlib.contextmanager
+def client(scheduler: str | None, slurm: bool, workers: int | None) -> Iterator[Any]:
+    """The Dask client (a ``distributed.Client``), closed with its cluster at the end: a
+    LocalCluster of ``workers`` one-thread processes (default: the machine's cores), a
+    running scheduler, or Slurm workers (dask-jobqueue; queue, account and walltime come
+    from its configuration, ``~/.config/dask/jobqueue.yaml``)."""
     from distributed import Client, LocalCluster
     if scheduler:
-        return Client(scheduler)
+        try:
+            c = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            raise CosimError(f"cosim sweep --scheduler {scheduler}: cannot reach it ({e}); "
+                             "want the address a `dask scheduler` printed, tcp://HOST:PORT") \
+                from None
+        with c:
+            yield c
+        return
     if slurm:
+        if shutil.which("sbatch") is None:
+            raise CosimError("cosim sweep --slurm: sbatch is not on PATH (run it where Slurm's "
+                             "commands are, or start workers yourself and use --scheduler)")
+        import dask
         from dask_jobqueue import SLURMCluster
-        cluster = SLURMCluster(cores=1, processes=1, memory="8GB")
+        cluster = SLURMCluster(cores=1, processes=1,
+                               memory=dask.config.get("jobqueue.slurm.memory", None) or "8GB")
         cluster.scale(workers or 2)
-        return Client(cluster)
-    n = workers or os.cpu_count() or 1
-    return Client(LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None))
+    else:
+        cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                               processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as c:
+        yield c
 
 
-def run(spec: Spec, out: Path, snapshot_dir: Path | None, dask_client,
-        on_progress: Callable[[int, int, int, int], None] | None = None) -> list[dict]:
-    """Every point's row: those done before, and the rest run on the cluster."""
+def _executing(dask_worker: Any) -> int:
+    """On a worker: how many sweep points it is running now (not merely holding)."""
+    return sum(1 for ts in dask_worker.state.executing if str(ts.key).startswith(KEY_PREFIX))
+
+
+def run(spec: Spec, out: Path, snapshot_dir: Path | None, dask_client: Any,
+        on_progress: Callable[[int, int, int], None] | None = None) -> tuple[list[dict], int]:
+    """Every point's row, in the spec's order, and how many were done by an earlier run.
+
+    Points without a result run on the cluster; ``on_progress(done, failed, running)`` is
+    called about once a second and after each point, counting this run's points.
+    """
     from distributed import as_completed
     out.mkdir(parents=True, exist_ok=True)
     (out / ".probe").write_text("cosim sweep\n")
-    problems = {w: msg for w, msg in dask_client.run(
-        _check_shared, str(out), str(snapshot_dir) if snapshot_dir else None).items() if msg}
+    if not dask_client.scheduler_info()["workers"]:
+        print("cosim sweep: waiting for a worker to join the cluster", file=sys.stderr)
+        dask_client.wait_for_workers(1)
+    shared_snaps = str(snapshot_dir) if snapshot_dir else None
+    problems = {w: msg for w, msg in dask_client.run(_check_shared, str(out), shared_snaps).items()
+                if msg}
     if problems:
         worker, msg = sorted(problems.items())[0]
         raise CosimError(f"cosim sweep: worker {worker} {msg}")
@@ -179,24 +243,32 @@ def run(spec: Spec, out: Path, snapshot_dir: Path | None, dask_client,
             todo.append(p)
         else:
             rows[p.digest] = row
-    futures = [dask_client.submit(run_point, p, str(out),
-                                  str(snapshot_dir) if snapshot_dir else None,
-                                  key=f"cosim-point-{p.digest}", pure=False, retries=RETRIES)
-               for p in todo]
-    finished = failed = 0
-    for fut in as_completed(futures):
-        try:
-            row = fut.result()
-        except Exception as e:     # the task itself failed (not the run): keep the sweep going
-            point = todo[futures.index(fut)]
-            row = {"digest": point.digest, **point.params, "status": "failed",
-                   "error": f"{type(e).__name__}: {e}"[:500]}
-        rows[row["digest"]] = row
-        finished += row["status"] == "done"
-        failed += row["status"] != "done"
+    earlier = len(rows)
+    futures = {dask_client.submit(run_point, p, str(out), shared_snaps,
+                                  key=KEY_PREFIX + p.digest, pure=False, retries=RETRIES): p
+               for p in todo}
+    done = failed = 0
+    pending = as_completed(futures)
+    while not pending.is_empty():
+        for fut in pending.next_batch(block=False):
+            try:
+                row = fut.result()
+            except Exception as e:     # the task itself failed (not the run): go on
+                p = futures[fut]
+                row = {"digest": p.digest, **p.params, "status": "failed",
+                       "error": f"{type(e).__name__}: {e}"[:500]}
+            rows[row["digest"]] = row
+            done += row["status"] == "done"
+            failed += row["status"] != "done"
         if on_progress is not None:
-            on_progress(finished, failed, len(todo) - finished - failed, len(todo))
-    return [rows[p.digest] for p in spec.points]
+            try:
+                running = sum(dask_client.run(_executing).values())
+            except OSError:            # a worker went away between the calls: next time
+                running = 0
+            on_progress(done, failed, running)
+        if not pending.is_empty():
+            time.sleep(POLL_SECONDS)
+    return [rows[p.digest] for p in spec.points], earlier
 
 
 def write_table(rows: list[dict], path: Path) -> Path:

@@ -13,11 +13,13 @@ import pytest
 from cosim.errors import CosimError
 from cosim.sweep_spec import load
 
+#: the issue's sweep, CXL latency x 3 and preset x 2 (tests/test_sweep.py runs it)
 GRID = '''
 [base]
 snapshot = "boot_done"
 workload = "gups"
-args = "-s 64M -n 1M"
+args = "-s 16M -n 20000"
+numa = "membind=1"
 timing = true
 
 [axes]
@@ -39,8 +41,8 @@ def test_the_axes_make_a_grid_of_checked_points(tmp_path):
         {"cxl.device_latency_ns": 100, "preset": "cxl-direct"},
         {"cxl.device_latency_ns": 100, "preset": "cxl-switch"}]
     first = spec.points[0]
-    assert first.flags == {"snapshot": "boot_done", "workload": "gups", "args": "-s 64M -n 1M",
-                           "timing": True, "preset": "cxl-direct"}
+    assert first.flags == {"snapshot": "boot_done", "workload": "gups", "args": "-s 16M -n 20000",
+                           "numa": "membind=1", "timing": True, "preset": "cxl-direct"}
     assert first.config == {"cxl": {"device_latency_ns": 100}}
     assert len({p.digest for p in spec.points}) == 6
     # the digest is of the settings, not of the file: the same spec reads the same
@@ -99,13 +101,32 @@ def test_a_point_becomes_a_cosim_run_command_and_config_file(tmp_path):
     argv = command(point, tmp_path / "c.toml", tmp_path / "snaps")
     assert argv[2:5] == ["cosim.cli", "run", "--json"]
     assert argv[argv.index("--preset") + 1] == "cxl-switch"
-    assert "--args=-s 64M -n 1M" in argv and "--timing" in argv
+    assert "--args=-s 16M -n 20000" in argv and "--timing" in argv
     assert argv[argv.index("--config") + 1] == str(tmp_path / "c.toml")
     tier = {"reads": 10, "writes": 2, "mean_latency_ns": 90.0, "p99_latency_ns": 100.0,
             "bandwidth_gbps": 1.5}
-    row = headline({"session_insns": 400, "digest": "d", "wall_seconds": 1.0, "timing": {
+    row = headline({"session_insns": 400, "digest": "d", "wall_seconds": 1.0,
+                    "guest_results": ["RESULT gups updates=20000 loop_ns=1500 checksum=0x1f",
+                                      "noise", "RESULT vm ratio=0.25"], "timing": {
         "cycles": 1000, "seconds": 1e-6, "memory": {"dram": tier, "cxl": tier},
         "cores": [{"instructions": 300, "cpi_stack": {"base": 1.0, "dram": 2.0}},
                   {"instructions": 100, "cpi_stack": {"base": 1.0, "dram": 0.0}}]}})
     assert row["cycles"] == 1000 and row["cxl_reads"] == 10
     assert row["cpi_dram"] == 1.5 and row["cpi_base"] == 1.0
+    assert row["gups.updates"] == 20000 and row["gups.loop_ns"] == 1500
+    assert row["vm.ratio"] == 0.25 and "gups.checksum" not in row
+    # wall time stays in run.json: the table is the same wherever the sweep ran
+    assert "wall_seconds" not in row
+
+
+def test_the_example_spec_is_valid():
+    spec = load(Path(__file__).resolve().parent.parent / "examples" / "cxl_latency_sweep.toml")
+    assert len(spec.points) == 10 and spec.points[0].flags["snapshot"] == "boot_done"
+
+
+def test_a_worker_that_cannot_see_the_output_says_so(tmp_path):
+    from cosim.sweep_run import _check_shared
+    assert "must be shared" in _check_shared(str(tmp_path / "elsewhere"), None)
+    (tmp_path / ".probe").write_text("cosim sweep\n")
+    assert _check_shared(str(tmp_path), None) == ""
+    assert "snapshot directory" in _check_shared(str(tmp_path), str(tmp_path / "snaps"))
