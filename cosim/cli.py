@@ -848,8 +848,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                    file=sys.stderr, dynamic_ncols=True)
 
         def progress(done: int, failed: int, running: int) -> None:
-            bar.update(ahead + done + failed - bar.n)
-            bar.set_postfix(done=ahead + done, failed=failed, running=running)
+            bar.set_postfix(done=ahead + done, failed=failed, running=running, refresh=False)
+            bar.update(ahead + done + failed - bar.n)     # draws the bar (with its ETA)
+            bar.refresh()
 
         try:
             rows, earlier = sweep_run.run(spec, out, store.root, client, progress)

@@ -102,10 +102,10 @@ def _settings(where: str, values: dict[str, Any]) -> tuple[dict[str, Any], dict[
 def _effective(where: str, flags: dict[str, Any], config: dict[str, dict]) -> dict:
     """The timing configuration a point runs with, checked field by field (one line if not)."""
     try:
-        cfg = timing_config.load(flags.get("preset"), None)
-        cfg = timing_config._apply(cfg, config, where)
+        cfg = timing_config.with_overrides(flags.get("preset"), config, where)
     except CosimError as e:
-        raise CosimError(str(e).replace("\n", " ")) from None
+        msg = str(e).replace("\n", " ")
+        raise CosimError(msg if msg.startswith(where) else f"{where}: {msg}") from None
     return timing_config.to_plain(cfg)
 
 

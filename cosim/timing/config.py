@@ -399,6 +399,17 @@ def load(preset: str | None = None, path: Path | None = None) -> Config:
     return cfg
 
 
+def with_overrides(preset: str | None, overrides: dict[str, Any], origin: str) -> Config:
+    """Defaults, the preset, then ``overrides`` (nested tables, as a ``--config`` file holds
+    them), checked as ``load`` checks a file; errors start with ``origin`` (a sweep's point)."""
+    cfg = _apply(load(preset), overrides, origin)
+    try:
+        _check_shape(cfg)
+    except CosimError as e:
+        raise CosimError(f"{origin}: {e}") from None
+    return cfg
+
+
 def show(cfg: Config, title: str) -> str:
     """The configuration as commented TOML (what ``cosim config show`` prints)."""
     doc = tomlkit.document()
