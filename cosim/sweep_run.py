@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -205,8 +206,10 @@ def client(scheduler: str | None, slurm: bool, workers: int | None) -> Iterator[
                                memory=dask.config.get("jobqueue.slurm.memory", None) or "8GB")
         cluster.scale(workers or 2)
     else:
+        # errors only: an interrupted sweep's cancelled tasks are not news
         cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
-                               processes=True, dashboard_address=None)
+                               processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)
     with cluster, Client(cluster) as c:
         yield c
 

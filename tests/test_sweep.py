@@ -87,6 +87,13 @@ def test_local_sweep_table_follows_both_axes(local):
         assert f"device_latency_ns = {lat}" in (out / "points" / digest / "config.toml").read_text()
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _worker_children(pid: int) -> list[psutil.Process]:
     """The cosim runs a worker process is running now."""
     return [c for c in psutil.Process(pid).children()
@@ -135,7 +142,7 @@ def test_scheduler_and_two_workers_give_the_same_table_even_when_one_is_killed(l
         assert "0 failed" in stdout
         pd.testing.assert_frame_equal(_table(tmp_path / "killed"), expected)
         # the killed worker's point (its cosim run, and that run's QEMU) died with it
-        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in running)
+        assert not any(_alive(p) for p in running)
     finally:
         for p in procs:
             p.kill()
@@ -153,10 +160,16 @@ def test_an_interrupted_sweep_resumes_with_only_the_missing_points(local, tmp_pa
     deadline = time.monotonic() + 600
     while len(list(out.glob("points/*/run.json"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
+    before = qemu_pids()
     sweep.send_signal(signal.SIGINT)
     _, stderr = sweep.communicate(timeout=120)
     assert sweep.returncode == 128 + signal.SIGINT, stderr[-3000:]
-    assert "cosim: interrupted" in stderr
+    assert stderr.strip().splitlines()[-1] == "cosim: interrupted"
+    # the local cluster's workers went with it, and so did the points they were running
+    deadline = time.monotonic() + 30
+    while qemu_pids() & before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not qemu_pids() & before
     kept = {p: p.stat().st_mtime_ns for p in out.glob("points/*/run.json")}
     assert 2 <= len(kept) < 6, len(kept)
     assert not (out / "results.parquet").exists()
