@@ -155,6 +155,8 @@ def load(path: Path) -> Spec:
         merged = {s: dict(t) for s, t in base_config.items()}
         for s, t in config.items():
             merged.setdefault(s, {}).update(t)
+        if merged and flags.get("timing") is False:
+            raise CosimError(f"{where}: timing fields ({', '.join(merged)}) need timing = true")
         plain = _effective(where, flags, merged)
         digest = _digest(flags, plain)
         if digest in seen:

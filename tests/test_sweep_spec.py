@@ -81,6 +81,7 @@ smp = 4
     (GRID + "\n[[points]]\nsmp = 2\n", ("either",)),
     ("[base\n", ("not TOML",)),
     (GRID.replace("[100, 200, 300]", "[100, 100]"), ("same run",)),
+    (GRID.replace("timing = true", "timing = false"), ("cxl", "need timing = true")),
     # fields that are each in range but do not fit together (checked as a --config file is)
     (GRID.replace("[axes]", '[axes]\n"llc.line_bytes" = [64, 48]'), ("point 6 (llc.line_bytes=48", "power of two")),
 ])
