@@ -832,15 +832,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = sweep_spec.load(args.spec)
     out = args.out or args.spec.with_suffix(".d")
     store = snap.Store(args.snapshot_dir)
-    for name in sorted({p.flags["snapshot"] for p in spec.points if "snapshot" in p.flags}):
+    names = sorted({p.flags["snapshot"] for p in spec.points if "snapshot" in p.flags})
+    for name in names:
         if not store.exists(name):
             raise CosimError(f"sweep spec {args.spec}: snapshot {name!r} is not in "
                              f"{store.root} (cosim snapshot list)")
+    kernels = []
     for kernel in sorted({p.flags["kernel"] for p in spec.points if "kernel" in p.flags}):
         try:
-            resolve_kernel(kernel)      # builds a built-in guest once, before the workers need it
+            kernels.append(resolve_kernel(kernel))  # builds a built-in guest before workers run it
         except CosimError as e:
             raise CosimError(f"sweep spec {args.spec}: {e}") from None
+    spec = spec.salted(sweep_run.inputs_digest(
+        [store.path(n) / snap.MANIFEST for n in names], kernels))
     from tqdm import tqdm
     with sweep_run.client(args.scheduler, args.slurm, args.workers) as client:
         ahead = sum(1 for p in spec.points if sweep_run.done_row(p, out) is not None)

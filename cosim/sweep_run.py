@@ -10,7 +10,8 @@ JSON as ``points/DIGEST/run.json`` under the output directory, which every
 worker must see (checked before the first point runs). A point that fails
 is recorded with its error and the sweep goes on; Dask retries a task whose
 worker died. A rerun skips the points whose ``run.json`` exists (same
-digest: same settings), so an interrupted sweep resumes.
+digest: same settings, code, snapshot and kernel; ``inputs_digest``), so an
+interrupted sweep resumes.
 
 The table has one row per point: the axes' values, the status, and the
 headline figures of the run (``headline``).
@@ -19,6 +20,7 @@ headline figures of the run (``headline``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import paths
 from .errors import CosimError
 from .libqflex_bridge import die_with_parent
 from .sweep_spec import Point, Spec
@@ -42,6 +45,18 @@ RETRIES = 2
 KEY_PREFIX = "cosim-point-"
 #: how often the progress bar is refreshed
 POLL_SECONDS = 1.0
+
+
+def inputs_digest(snapshot_manifests: list[Path], kernels: list[Path]) -> str:
+    """A digest of everything besides a point's settings that decides its result: cosim's
+    Python sources, the plugin, the QEMU patches, the snapshots' manifests (which hold
+    every member's digest) and the kernels' bytes."""
+    h = hashlib.sha256()
+    sources = sorted((paths.REPO / "cosim").rglob("*.py")) + [paths.PLUGIN_SOURCE]
+    for path in sources + snapshot_manifests + kernels:
+        h.update(str(path.name).encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(paths.patch_hash().encode())
+    return h.hexdigest()[:16]
 
 
 def _toml_value(v: Any) -> str:

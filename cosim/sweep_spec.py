@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import tomllib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,15 @@ class Spec:
     path: Path
     base: dict[str, Any]
     points: list[Point]
+
+    def salted(self, inputs: str) -> "Spec":
+        """The same points, their digests also over ``inputs`` (what else decides a result:
+        cosim's code, the snapshots, the kernels), so that resume never reuses a result of
+        other code or another snapshot of the same name."""
+        return dataclasses.replace(self, points=[
+            dataclasses.replace(p, digest=hashlib.blake2b(f"{p.digest}\0{inputs}".encode(),
+                                                          digest_size=8).hexdigest())
+            for p in self.points])
 
 
 def _check_flag(where: str, key: str, value: Any) -> Any:

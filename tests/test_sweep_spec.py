@@ -133,3 +133,24 @@ def test_a_worker_that_cannot_see_the_output_says_so(tmp_path):
     (tmp_path / ".probe").write_text("cosim sweep\n")
     assert _check_shared(str(tmp_path), None) == ""
     assert "snapshot directory" in _check_shared(str(tmp_path), str(tmp_path / "snaps"))
+
+
+def test_salted_digests_follow_the_inputs(tmp_path):
+    spec = load(_spec(tmp_path, GRID))
+    a, b = spec.salted("code-1"), spec.salted("code-2")
+    assert [p.params for p in a.points] == [p.params for p in spec.points]
+    assert len({p.digest for p in a.points + b.points + spec.points}) == 18
+    assert [p.digest for p in a.points] == [p.digest for p in spec.salted("code-1").points]
+
+
+def test_inputs_digest_covers_snapshots_and_kernels(tmp_path):
+    from cosim.sweep_run import inputs_digest
+    manifest, kernel = tmp_path / "manifest.json", tmp_path / "k.elf"
+    manifest.write_text('{"members": 1}')
+    kernel.write_bytes(b"\x7fELF1")
+    first = inputs_digest([manifest], [kernel])
+    assert inputs_digest([manifest], [kernel]) == first
+    manifest.write_text('{"members": 2}')          # the snapshot was taken again
+    second = inputs_digest([manifest], [kernel])
+    kernel.write_bytes(b"\x7fELF2")                # the kernel was rebuilt
+    assert len({first, second, inputs_digest([manifest], [kernel])}) == 3
