@@ -222,3 +222,34 @@ def test_a_bad_spec_is_refused_before_anything_runs(tmp_path, change, words):
     for w in words:
         assert w in lines[0], (w, lines)
     assert not (tmp_path / "out").exists()
+
+
+def test_chmu_accuracy_columns_follow_the_counter_budget(tmp_path):
+    """Explicit points of a bare-metal guest with the CHMU on: the table carries each
+    tracker's accuracy, and space-saving's recall grows with its counter budget."""
+    spec = _spec(tmp_path, '''
+[base]
+kernel = "gups"
+smp = 2
+timing = true
+preset = "cxl-direct"
+chmu = "tracker=space-saving+count-min"
+max_insns = 3000000
+"chmu.epoch_us" = 100
+
+[[points]]
+"chmu.counters" = 64
+
+[[points]]
+"chmu.counters" = 1024
+''')
+    proc = cosim("sweep", str(spec), "--out", str(tmp_path / "out"), timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    table = _table(tmp_path / "out")
+    assert list(table["chmu.counters"]) == [64, 1024]
+    assert (table["chmu_space-saving_epochs"] > 0).all()
+    assert (table["chmu_oracle_recall"] == 1.0).all()
+    small, large = table["chmu_space-saving_recall"]
+    assert small < large, (small, large)
+    # the monitor only observes: the counter budget does not change the timing
+    assert table["cycles"].nunique() == 1
