@@ -29,6 +29,7 @@ from . import linux_machine
 from .libqflex_bridge import QemuConfig, printable, qemu_binary
 from .boards import DEFAULT_MEMORY, DEFAULT_QUANTUM, DEFAULT_SMP, parse_size
 from .limits import MAX_QUANTUM, MAX_SMP
+from .progress import SweepProgress
 from .session import RunSpec, Session
 from . import tiering as tiering_mod
 from .timing import chmu_spec
@@ -845,19 +846,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise CosimError(f"sweep spec {args.spec}: {e}") from None
     spec = spec.salted(sweep_run.inputs_digest(
         [store.path(n) / snap.MANIFEST for n in names], kernels))
-    from tqdm import tqdm
     with sweep_run.client(args.scheduler, args.slurm, args.workers) as client:
-        ahead = sum(1 for p in spec.points if sweep_run.done_row(p, out) is not None)
-        bar = tqdm(total=len(spec.points), initial=ahead, unit="point", desc="cosim sweep",
-                   file=sys.stderr, dynamic_ncols=True)
-
-        def progress(done: int, failed: int, running: int) -> None:
-            bar.set_postfix(done=ahead + done, failed=failed, running=running, refresh=False)
-            bar.update(ahead + done + failed - bar.n)     # draws the bar (with its ETA)
-            bar.refresh()
-
+        bar = SweepProgress(len(spec.points),
+                            sum(1 for p in spec.points if sweep_run.done_row(p, out) is not None))
         try:
-            rows, earlier = sweep_run.run(spec, out, store.root, client, progress)
+            rows, earlier = sweep_run.run(spec, out, store.root, client, bar.update)
         finally:
             bar.close()
     table = sweep_run.write_table(rows, out / ("results.csv" if args.csv else "results.parquet"))

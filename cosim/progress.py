@@ -71,3 +71,48 @@ def _time(seconds: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds / 1e-9:.3g} ns"
+
+
+class SweepProgress:
+    """Points of a sweep finished, failed and running, with the ETA.
+
+    On a terminal a live tqdm bar; off one, a line per finished point (and
+    every ``LOG_EVERY_S`` seconds while none finishes), as ``Progress`` does.
+    The ETA is from this run's own pace: points done by an earlier run count
+    as finished but not as speed.
+    """
+
+    def __init__(self, total: int, earlier: int, stream: TextIO = sys.stderr,
+                 live: bool | None = None) -> None:
+        self.total, self.earlier, self.stream = total, earlier, stream
+        self.live = stream.isatty() if live is None else live
+        self._t0 = self._last = time.monotonic()
+        self._seen = -1
+        self._bar = None
+        if self.live:
+            self._bar = tqdm(total=total, initial=earlier, unit="point", desc="cosim sweep",
+                             file=stream, dynamic_ncols=True)
+
+    def update(self, done: int, failed: int, running: int) -> None:
+        """Counts of this run's points: ``done`` and ``failed`` so far, ``running`` now."""
+        finished = self.earlier + done + failed
+        if self._bar is not None:
+            self._bar.set_postfix(done=self.earlier + done, failed=failed, running=running,
+                                  refresh=False)
+            self._bar.update(finished - self._bar.n)
+            self._bar.refresh()
+            return
+        now = time.monotonic()
+        if finished == self._seen and now - self._last < LOG_EVERY_S:
+            return
+        self._seen, self._last = finished, now
+        line = (f"[cosim sweep] {finished}/{self.total} points ({self.earlier} from an earlier "
+                f"run), {failed} failed, {running} running")
+        if done + failed and finished < self.total:
+            per_point = (now - self._t0) / (done + failed)
+            line += f", ETA {per_point * (self.total - finished):.0f} s"
+        print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -52,8 +52,10 @@ def local(linux_plain, tmp_path_factory) -> tuple[Path, Path, Path, pd.DataFrame
     spec = _spec(tmp)
     proc = _sweep(spec, tmp / "out", root)
     assert "6 points, 0 from an earlier run, 6 run now, 0 failed" in proc.stdout
-    # the live bar: points, failed and running counts, and an ETA
-    assert "6/6" in proc.stderr and "failed=0" in proc.stderr and "running=" in proc.stderr
+    # off a terminal, a progress line per finished point: counts, running points, ETA
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("[cosim sweep] ")]
+    assert lines[-1] == "[cosim sweep] 6/6 points (0 from an earlier run), 0 failed, 0 running"
+    assert any(", ETA " in x and "running" in x for x in lines), lines
     return root, spec, tmp / "out", _table(tmp / "out")
 
 
