@@ -838,14 +838,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not store.exists(name):
             raise CosimError(f"sweep spec {args.spec}: snapshot {name!r} is not in "
                              f"{store.root} (cosim snapshot list)")
-    kernels = []
+    kernels: dict[str, str] = {}
     for kernel in sorted({p.flags["kernel"] for p in spec.points if "kernel" in p.flags}):
         try:
-            kernels.append(resolve_kernel(kernel))  # builds a built-in guest before workers run it
+            # a built-in guest is built here, once; a path is made absolute for every worker
+            kernels[kernel] = str(resolve_kernel(kernel).resolve())
         except CosimError as e:
             raise CosimError(f"sweep spec {args.spec}: {e}") from None
-    spec = spec.salted(sweep_run.inputs_digest(
-        [store.path(n) / snap.MANIFEST for n in names], kernels))
+    spec = spec.with_kernels(kernels).salted(sweep_run.inputs_digest(
+        [store.path(n) / snap.MANIFEST for n in names], [Path(k) for k in kernels.values()]))
     with sweep_run.client(args.scheduler, args.slurm, args.workers) as client:
         bar = SweepProgress(len(spec.points),
                             sum(1 for p in spec.points if sweep_run.done_row(p, out) is not None))

@@ -54,6 +54,14 @@ class Spec:
     base: dict[str, Any]
     points: list[Point]
 
+    def with_kernels(self, resolved: dict[str, str]) -> "Spec":
+        """The same points, each ``kernel`` replaced by its absolute path (``resolved``), so
+        that every worker runs the same file whatever its working directory; the digests
+        stay (the kernel's bytes are in ``salted``'s inputs)."""
+        return dataclasses.replace(self, points=[
+            dataclasses.replace(p, flags={**p.flags, "kernel": resolved[p.flags["kernel"]]})
+            if "kernel" in p.flags else p for p in self.points])
+
     def salted(self, inputs: str) -> "Spec":
         """The same points, their digests also over ``inputs`` (what else decides a result:
         cosim's code, the snapshots, the kernels), so that resume never reuses a result of

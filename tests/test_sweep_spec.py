@@ -154,3 +154,17 @@ def test_inputs_digest_covers_snapshots_and_kernels(tmp_path):
     second = inputs_digest([manifest], [kernel])
     kernel.write_bytes(b"\x7fELF2")                # the kernel was rebuilt
     assert len({first, second, inputs_digest([manifest], [kernel])}) == 3
+
+
+def test_kernels_become_absolute_paths_for_the_workers(tmp_path):
+    spec = load(_spec(tmp_path, '''
+[base]
+timing = true
+[axes]
+kernel = ["gups", "build/stream.elf"]
+'''))
+    resolved = spec.with_kernels({"gups": "/g/gups.elf", "build/stream.elf": "/s/stream.elf"})
+    assert [p.flags["kernel"] for p in resolved.points] == ["/g/gups.elf", "/s/stream.elf"]
+    # what the table shows, and the digests, stay as the spec wrote them
+    assert [p.params for p in resolved.points] == [p.params for p in spec.points]
+    assert [p.digest for p in resolved.points] == [p.digest for p in spec.points]
