@@ -50,8 +50,9 @@ class Point:
 
 @dataclass(frozen=True)
 class Spec:
+    """A checked sweep: its file and its points, in the spec's order."""
+
     path: Path
-    base: dict[str, Any]
     points: list[Point]
 
     def with_kernels(self, resolved: dict[str, str]) -> "Spec":
@@ -184,4 +185,4 @@ def load(path: Path) -> Spec:
     if not any("snapshot" in p.flags or "kernel" in p.flags for p in points):
         raise CosimError(f"sweep spec {path}: say what runs: snapshot = NAME or kernel = ELF "
                          "in [base] or each point")
-    return Spec(path=path, base=base, points=points)
+    return Spec(path=path, points=points)
